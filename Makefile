@@ -1,0 +1,42 @@
+# spared-book: two commands for a newcomer.
+#   make book   set up .venv, regenerate notebooks from their .py, execute them (papermill), build the HTML book
+#   make test   set up .venv, then pytest: unit tests, every notebook in fast mode, the book build
+# FAST=0 make book runs the full-size notebook defaults (meant for a GPU machine).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FAST ?= 1
+export FAST
+
+.PHONY: book test venv notebooks execute html clean
+.DEFAULT_GOAL := book
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev,book]"
+	@touch $@
+
+venv: $(VENV)/.installed
+
+notebooks: venv
+	$(PY) tools/book.py sync
+
+execute: notebooks
+	$(PY) tools/book.py execute
+
+html: venv
+	$(PY) tools/book.py build
+
+book: notebooks
+	$(PY) tools/book.py execute
+	$(PY) tools/book.py build
+	@echo "The book is in _build/html/index.html"
+
+test: notebooks
+	$(PY) -m pytest
+
+clean:
+	rm -rf _build .pytest_cache

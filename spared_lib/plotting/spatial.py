@@ -1,0 +1,138 @@
+"""Spatial maps: spots coloured by a value, drawn over the slide's H&E image.
+
+Introduced in ``notebooks/00_quickstart.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def slide_image(adata, slide_id: str, res: str = "hires"):
+    """Return ``(image, scale)`` for one slide: the stored image and its full-res → image scale.
+
+    Falls back from ``hires`` to ``lowres`` (and the other way) when one is missing.
+    Returns ``(None, 1.0)`` when the slide carries no image.
+
+    Introduced in ``notebooks/00_quickstart.py``.
+    """
+    info = adata.uns.get("spatial", {}).get(slide_id)
+    if info is None:
+        raise KeyError(f"adata.uns['spatial'] has no entry for slide {slide_id!r}; "
+                       f"slides: {list(adata.uns.get('spatial', {}))}")
+    images = info.get("images", {})
+    scalefactors = info.get("scalefactors", {})
+    for key in (res, "lowres" if res == "hires" else "hires"):
+        if key in images and images[key] is not None:
+            return np.asarray(images[key]), float(scalefactors.get(f"tissue_{key}_scalef", 1.0))
+    return None, 1.0
+
+
+def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires", ax=None,
+                    cmap="viridis", title=None, size=None, vmin=None, vmax=None, colorbar=True,
+                    alpha=1.0):
+    """Draw the spots of one slide over its H&E image, coloured by a gene, an ``obs`` column or values.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``obsm['spatial']`` (full-resolution pixels), ``obs['slide_id']`` and
+        ``uns['spatial'][slide_id]`` (see ``DESIGN.md``).
+    color
+        A gene (``var_names`` or ``var['gene_symbol']``), an ``obs`` column, an array with one value
+        per spot of the slide, or None for plain spots.
+    slide_id
+        Which slide (default: the first).
+    layer
+        Layer to read a gene from (default ``X``).
+    res
+        ``'hires'`` or ``'lowres'`` background image.
+    ax
+        Matplotlib axes (created when None).
+    size
+        Marker size in points²; default: the spot diameter at the image's scale.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Introduced in ``notebooks/00_quickstart.py``.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    slides = adata.obs["slide_id"].astype(str)
+    slide_id = str(slide_id if slide_id is not None else slides.iloc[0])
+    sel = np.flatnonzero(slides.to_numpy() == slide_id)
+    if sel.size == 0:
+        raise ValueError(f"slide {slide_id!r} not found; slides: {sorted(slides.unique())}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    image, scale = slide_image(adata, slide_id, res)
+    xy = np.asarray(adata.obsm["spatial"])[sel] * scale
+    if image is not None:
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    values, categorical = _values(adata, color, sel, layer)
+    diameter = adata.uns["spatial"][slide_id].get("scalefactors", {}).get("spot_diameter_fullres")
+    if size is None:
+        # Spot diameter in display points, so spots look like spots whatever the figure size.
+        fig = ax.figure
+        if diameter and image is not None:
+            px_per_pt = fig.dpi / 72 * ax.get_window_extent().width / fig.dpi / max(image.shape[1], 1) * 72
+            size = max((diameter * scale * px_per_pt) ** 2, 1.0)
+        else:
+            size = 8.0
+    if values is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, c="tab:blue", alpha=alpha, linewidths=0)
+    elif categorical:
+        cats = pd.Categorical(values)
+        palette = plt.get_cmap("tab20" if len(cats.categories) > 10 else "tab10")
+        for i, cat in enumerate(cats.categories):
+            m = cats.codes == i
+            ax.scatter(xy[m, 0], xy[m, 1], s=size, color=palette(i % palette.N), label=str(cat),
+                       alpha=alpha, linewidths=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small",
+                  markerscale=max(1.0, 6.0 / np.sqrt(size)))
+    else:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], s=size, c=values, cmap=cmap, vmin=vmin, vmax=vmax,
+                        alpha=alpha, linewidths=0)
+        if colorbar:
+            ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.04)
+    if image is None:
+        ax.invert_yaxis()
+        ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title if title is not None else f"{slide_id}" + (f" — {color}" if isinstance(color, str) else ""))
+    return ax.figure
+
+
+def _values(adata, color, sel, layer):
+    """Resolve ``color`` to one value per selected spot, and whether it is categorical."""
+    import pandas as pd
+    import scipy.sparse as sp
+
+    if color is None:
+        return None, False
+    if isinstance(color, str):
+        if color in adata.obs.columns:
+            col = adata.obs[color].iloc[sel]
+            categorical = not pd.api.types.is_numeric_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype)
+            return col.to_numpy(), categorical
+        gene = color
+        if gene not in adata.var_names and "gene_symbol" in adata.var:
+            hits = np.flatnonzero(adata.var["gene_symbol"].astype(str).to_numpy() == gene)
+            if hits.size:
+                gene = adata.var_names[hits[0]]
+        if gene not in adata.var_names:
+            raise KeyError(f"{color!r} is neither an obs column nor a gene (var_names or var['gene_symbol'])")
+        j = adata.var_names.get_loc(gene)
+        matrix = adata.layers[layer] if layer is not None else adata.X
+        column = matrix[sel][:, j]
+        column = column.toarray() if sp.issparse(column) else np.asarray(column)
+        return column.ravel().astype(float), False
+    values = np.asarray(color)
+    if values.shape[0] == adata.n_obs:
+        values = values[sel]
+    if values.shape[0] != sel.size:
+        raise ValueError(f"color has {values.shape[0]} values; the slide has {sel.size} spots")
+    return values, values.dtype.kind in "OUSb"

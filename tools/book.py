@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Turn the notebook sources into the book: jupytext → papermill → Jupyter Book.
+
+Usage (the Makefile calls these; `python tools/book.py --help` lists them)::
+
+    python tools/book.py sync                 # notebooks/*.py -> notebooks/*.ipynb (no outputs)
+    python tools/book.py execute [NB ...]     # papermill, fast parameters unless FAST=0
+    python tools/book.py build                # stage executed notebooks + book/ and run jupyter-book
+    python tools/book.py all                  # the three in turn (what `make book` runs)
+
+Executed notebooks go to ``_build/executed/notebooks/`` so the committed ``.ipynb`` files stay
+output-free and ``git status`` stays clean. The book is built from a staging copy,
+``_build/src``, that holds ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks,
+and is written to ``_build/html``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "_build"
+EXECUTED = BUILD / "executed"
+STAGE = BUILD / "src"
+FAST_PARAMS = NOTEBOOKS / "fast_params.yml"
+
+
+def toc_entries(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
+    """Every file listed in ``_toc.yml`` (root first), without extension."""
+    toc = yaml.safe_load(toc_path.read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts") or []:
+        for chapter in part.get("chapters") or []:
+            files.append(chapter["file"])
+            files.extend(s["file"] for s in chapter.get("sections") or [])
+    return files
+
+
+def toc_notebooks() -> list[Path]:
+    """The ``notebooks/*.py`` sources of the chapters listed in ``_toc.yml``."""
+    return [ROOT / f"{f}.py" for f in toc_entries() if f.startswith("notebooks/")]
+
+
+def fast_parameters(stem: str) -> dict:
+    """Parameters papermill injects for a fast (CI) run of notebook ``stem``."""
+    params = yaml.safe_load(FAST_PARAMS.read_text()) or {}
+    return dict(params.get(stem) or {"FAST": True})
+
+
+def sync(paths: list[Path] | None = None) -> list[Path]:
+    """Regenerate each ``.ipynb`` from its ``.py`` (jupytext CLI; ``--update`` keeps cell ids stable)."""
+    paths = list(paths or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")))
+    if not paths:
+        return []
+    before = {p: p.with_suffix(".ipynb").read_bytes() if p.with_suffix(".ipynb").exists() else None
+              for p in paths}
+    jupytext = Path(sys.executable).with_name("jupytext")
+    subprocess.run([str(jupytext), "--quiet", "--update", "--to", "ipynb", *map(str, paths)], check=True, cwd=ROOT)
+    return [p.with_suffix(".ipynb") for p in paths if p.with_suffix(".ipynb").read_bytes() != before[p]]
+
+
+def execute(paths: list[Path], fast: bool = True) -> None:
+    """Run each notebook with papermill into ``_build/executed/notebooks``; raise on a failed cell."""
+    import jupytext
+    import papermill
+
+    out_dir = EXECUTED / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env_backup = dict(os.environ)
+    # Headless matplotlib, and unbuffered output so papermill shows progress as it happens.
+    os.environ.setdefault("MPLBACKEND", "agg")
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    try:
+        for path in paths:
+            path = Path(path).resolve()
+            source = path.with_suffix(".py")
+            ipynb = path.with_suffix(".ipynb")
+            # Always execute what the .py says, even if the .ipynb is stale.
+            tmp_in = out_dir / f".{path.stem}.input.ipynb"
+            jupytext.write(jupytext.read(source if source.exists() else ipynb), tmp_in)
+            params = fast_parameters(path.stem) if fast else {}
+            out = out_dir / f"{path.stem}.ipynb"
+            print(f"[book] executing {path.name} ({'fast' if fast else 'full'}: {params})", flush=True)
+            t0 = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(tmp_in), str(out), parameters=params, cwd=str(NOTEBOOKS),
+                    kernel_name="python3", progress_bar=False, log_output=False,
+                    request_save_on_cell_execute=False,
+                )
+            finally:
+                tmp_in.unlink(missing_ok=True)
+            print(f"[book] {path.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+
+
+def stage() -> Path:
+    """Lay out ``_build/src``: config, toc, ``book/`` and the executed notebooks."""
+    if STAGE.exists():
+        shutil.rmtree(STAGE)
+    STAGE.mkdir(parents=True)
+    shutil.copy2(ROOT / "_config.yml", STAGE / "_config.yml")
+    shutil.copy2(ROOT / "_toc.yml", STAGE / "_toc.yml")
+    shutil.copytree(ROOT / "book", STAGE / "book")
+    (STAGE / "notebooks").mkdir()
+    missing = []
+    for py in toc_notebooks():
+        executed = EXECUTED / "notebooks" / f"{py.stem}.ipynb"
+        if not executed.exists():
+            missing.append(py.stem)
+            continue
+        shutil.copy2(executed, STAGE / "notebooks" / executed.name)
+    if missing:
+        raise SystemExit(f"[book] not executed yet: {', '.join(missing)} (run `python tools/book.py execute`)")
+    return STAGE
+
+
+def build() -> Path:
+    """Build the HTML book into ``_build/html``; fail on any warning or failed page."""
+    stage()
+    log = BUILD / "jupyter-book.log"
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(STAGE),
+           "--path-output", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going"]
+    print("[book]", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    log.write_text(proc.stdout + proc.stderr)
+    print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", flush=True)
+    # jupyter-book can exit 0 after a page failed: read the log as well as the exit code.
+    bad = [line for line in (proc.stdout + proc.stderr).splitlines()
+           if re.search(r"WARNING|ERROR|Traceback|Execution Failed", line)]
+    if proc.returncode != 0 or bad:
+        raise SystemExit(f"[book] build failed (exit {proc.returncode}); see {log}:\n" + "\n".join(bad[:40]))
+    index = BUILD / "html" / "index.html"
+    if not index.exists():
+        raise SystemExit(f"[book] {index} was not written")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["sync", "execute", "build", "all"])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter in _toc.yml")
+    args = parser.parse_args(argv)
+    fast = os.environ.get("FAST", "1") not in {"0", "false", "False", "no"}
+    if args.command in {"sync", "all"}:
+        for p in sync():
+            print(f"[book] wrote {p.relative_to(ROOT)}")
+    if args.command in {"execute", "all"}:
+        execute(args.notebooks or toc_notebooks(), fast=fast)
+    if args.command in {"build", "all"}:
+        print(f"[book] built {build()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
