@@ -36,3 +36,26 @@ def fixtures() -> Path:
 def pytest_collection_modifyitems(config, items):
     """Build the book last, after the notebooks it shows have been executed."""
     items.sort(key=lambda item: item.get_closest_marker("book") is not None)
+
+
+# --- synthetic SpaRED-like dataset (issue 3, spared_lib.data) -------------------------------------
+SYNTHETIC_TEST_SPOTS = 300  # per slide: small enough that every module's tests stay fast
+
+
+@pytest.fixture(scope="session")
+def synthetic_info(tmp_path_factory):
+    """A 3-slide synthetic Visium dataset (300 spots x 1,000 genes per slide, train/val/test),
+    written once per session in Space Ranger 2.x layout; its :class:`DatasetInfo`."""
+    from spared_lib.data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "synthetic"
+    return make_synthetic_dataset(root, n_slides=3, n_spots=SYNTHETIC_TEST_SPOTS, n_genes=1000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_adata(synthetic_info):
+    """``load_dataset`` of :func:`synthetic_info` (session-scoped: call ``.copy()`` before
+    modifying it)."""
+    from spared_lib.data import load_dataset
+
+    return load_dataset(synthetic_info)

@@ -1,0 +1,28 @@
+"""SpaRED data: the 26-dataset registry, readers, pinned downloads and a synthetic generator.
+
+Introduced in ``notebooks/01_spared_database.py``. Heavy libraries (scanpy, anndata) are imported
+inside the functions that need them.
+"""
+from .fixtures import fixture_dataset
+from .genes import gene_table, symbols_to_ids
+from .load import dataset_root, load_dataset
+from .paths import cache_dir, fixtures_dir
+from .readers import open_image, read_h5ad, read_positions, read_st, read_visium, spot_spacing
+from .registry import DATASETS, DatasetInfo, RemoteFile, datasets_table, get_dataset
+from .synthetic import make_synthetic_dataset, synthetic_truth, visium_array
+
+__all__ = [
+    "DATASETS", "DatasetInfo", "RemoteFile", "cache_dir", "dataset_root", "datasets_table",
+    "fetch", "fetch_dataset", "fixture_dataset", "fixtures_dir", "gene_table", "get_dataset",
+    "load_dataset", "make_synthetic_dataset", "open_image", "read_h5ad", "read_positions",
+    "read_st", "read_visium", "spot_spacing", "symbols_to_ids", "synthetic_truth", "visium_array",
+]
+
+
+def __getattr__(name):
+    # The download module pulls in pooch; load it on first use only.
+    if name in ("fetch", "fetch_dataset"):
+        from . import download
+
+        return getattr(download, name)
+    raise AttributeError(f"module 'spared_lib.data' has no attribute {name!r}")

@@ -1,0 +1,118 @@
+"""``load_dataset``: all slides of a dataset stitched into one AnnData (the DESIGN.md contract).
+
+Introduced in ``notebooks/01_spared_database.py``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .paths import cache_dir
+from .registry import DatasetInfo, get_dataset
+
+
+def _resolve(key_or_info) -> DatasetInfo:
+    if isinstance(key_or_info, DatasetInfo):
+        return key_or_info
+    text = str(key_or_info)
+    candidate = Path(text)
+    if (candidate / "dataset.json").is_file():
+        return DatasetInfo.from_json(candidate / "dataset.json").with_root(candidate.resolve())
+    if candidate.suffix == ".json" and candidate.is_file():
+        return DatasetInfo.from_json(candidate)
+    return get_dataset(text)
+
+
+def dataset_root(info: DatasetInfo, data_dir: str | Path | None = None) -> Path:
+    """The folder holding a dataset's slides: ``info.root``, else ``<data_dir>/<key>``.
+
+    Defined in ``notebooks/01_spared_database.py``.
+    """
+    if info.root is not None:
+        return Path(info.root)
+    return Path(data_dir) / info.key if data_dir is not None else cache_dir() / info.key
+
+
+def _read_slide(info: DatasetInfo, root: Path, slide_id: str):
+    from .readers import read_st, read_visium
+
+    if info.layout == "st":
+        return read_st(root, slide_id, organism=info.organism)
+    return read_visium(root / slide_id, library_id=slide_id)
+
+
+def load_dataset(key_or_info, data_dir: str | Path | None = None, download: bool = True):
+    """Load all slides of a dataset into one AnnData with raw counts.
+
+    Parameters
+    ----------
+    key_or_info
+        A registry key (see :func:`spared_lib.data.datasets_table`), a :class:`DatasetInfo`
+        (e.g. from :func:`make_synthetic_dataset`), or a folder holding a ``dataset.json``.
+    data_dir
+        Where registry datasets are stored (default ``$SPARED_DATA_DIR`` or the user cache); each
+        dataset lives in ``<data_dir>/<key>/<slide_id>/``.
+    download
+        Fetch missing files (pinned URLs, checksums). With ``False`` a missing slide is an error
+        that names the folder to fill by hand.
+
+    Returns
+    -------
+    AnnData
+        ``X`` raw counts (CSR float32); ``obs``: ``slide_id`` (categorical), ``patient``, ``split``,
+        ``array_row``, ``array_col``, ``in_tissue``, ``barcode``; ``obsm['spatial']`` full-res pixels;
+        ``uns['spatial'][slide_id]``; ``uns['dataset']``; ``var`` indexed by Ensembl id with
+        ``gene_symbol`` (genes common to all slides).
+
+    Defined in ``notebooks/01_spared_database.py``.
+    """
+    import anndata as ad
+
+    info = _resolve(key_or_info)
+    root = dataset_root(info, data_dir)
+    missing = [s for s in info.slides if not _slide_present(info, root, s)]
+    if missing:
+        if info.root is not None or not download:
+            raise FileNotFoundError(
+                f"dataset {info.key!r}: slide folder(s) missing under {root}: {missing}. "
+                + ("Call with download=True, or place" if info.root is None else "Place")
+                + f" each slide's Space Ranger output in {root}/<slide_id>/.")
+        from .download import fetch_dataset
+
+        fetch_dataset(info, root)
+    slides = []
+    for slide_id, split in info.slides.items():
+        a = _read_slide(info, root, slide_id)
+        a.obs["barcode"] = a.obs_names.astype(str)
+        a.obs["slide_id"] = slide_id
+        a.obs["patient"] = info.patient_of(slide_id)
+        a.obs["split"] = split
+        a.obs_names = slide_id + ":" + a.obs_names.astype(str)
+        slides.append(a)
+    genes = slides[0].var_names
+    for a in slides[1:]:
+        genes = genes.intersection(a.var_names, sort=False)
+    if len(genes) == 0:
+        raise ValueError(f"dataset {info.key!r}: the slides share no gene ids")
+    adata = ad.concat([a[:, genes] for a in slides], join="inner", merge="first")
+    adata.var = slides[0].var.loc[genes].copy()
+    adata.obs["slide_id"] = pd.Categorical(adata.obs["slide_id"], categories=list(info.slides))
+    adata.obs["split"] = pd.Categorical(adata.obs["split"], categories=["train", "val", "test"])
+    adata.obs["patient"] = adata.obs["patient"].astype("category")
+    adata.obs = adata.obs[["slide_id", "patient", "split", "array_row", "array_col", "in_tissue",
+                           "barcode"]]
+    adata.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=float)
+    adata.uns["spatial"] = {s: a.uns["spatial"][s] for s, a in zip(info.slides, slides)}
+    adata.uns["dataset"] = {"key": info.key, "organism": info.organism, "n_genes": info.n_genes,
+                            "combat_key": info.combat_key,
+                            "cell_min_counts": info.cell_min_counts,
+                            "grid": slides[0].uns.get("grid", info.grid)}
+    return adata
+
+
+def _slide_present(info: DatasetInfo, root: Path, slide_id: str) -> bool:
+    if info.layout == "st":
+        return (root / "ST-cnts" / f"{slide_id}.tsv.gz").exists()
+    return (root / slide_id).is_dir()
