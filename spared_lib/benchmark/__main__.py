@@ -1,0 +1,122 @@
+"""Command line of the benchmark.
+
+Examples
+--------
+One GPU (or CPU), sequentially::
+
+    python -m spared_lib.benchmark --datasets 10xgenomic_human_brain --models all \
+        --targets raw,completed --out results/
+
+A Ray cluster, one GPU per trial::
+
+    ray start --head                      # on the head node (and `ray start --address=...` on workers)
+    python -m spared_lib.benchmark --datasets all --models all --targets raw,completed \
+        --out results/ --ray --address auto --gpus-per-trial 1 --cpus-per-trial 8
+
+Re-running the same command resumes: finished cells are read from
+``results/results.csv`` and never trained again.
+
+Introduced in ``notebooks/06_benchmark.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .grid import TARGETS, lr_grid, parse_targets
+from .published import MODEL_LABELS
+
+
+def _csv(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m spared_lib.benchmark",
+        description="Learning-rate search and raw vs SpaCKLE-completed training of SpaRED prediction models; "
+                    "one tidy results table that resumes after an interruption.")
+    p.add_argument("--datasets", required=True,
+                   help="comma-separated dataset keys (SpaRED registry keys, 'synthetic', a fixture such as "
+                        "'her2st', or a folder); 'all' = the 26 SpaRED datasets")
+    p.add_argument("--models", required=True, help=f"comma-separated model names or 'all' ({', '.join(MODEL_LABELS)})")
+    p.add_argument("--targets", default="raw,completed", help=f"comma-separated, from {sorted(TARGETS)}")
+    p.add_argument("--out", default="results", help="results folder (table: <out>/results.csv)")
+    p.add_argument("--table", default="results.csv", help="table file name in --out (.csv or .parquet)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--lrs", help="explicit learning rates, comma-separated (e.g. 1e-4,3e-4)")
+    grid.add_argument("--lr-grid", default="1e-5:1e-3:5", help="log grid LOW:HIGH:N (default 1e-5:1e-3:5)")
+    p.add_argument("--search-target", choices=sorted(TARGETS), default=None,
+                   help="search the learning rate on this target only and reuse it for the others "
+                        "(the paper's protocol); default: one search per target")
+    p.add_argument("--steps", type=int, default=1000, help="training steps of the final runs (paper: 1000)")
+    p.add_argument("--search-steps", type=int, default=None, help="training steps of search runs (default --steps)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of the final runs")
+    p.add_argument("--size", choices=["paper", "small"], default="paper", help="model size (small: CPU tests)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--spackle-steps", type=int, default=None,
+                   help="SpaCKLE training steps when preparing 'completed' targets (default: the library's)")
+    p.add_argument("--ray", action="store_true", help="run cells as Ray Tune trials")
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto', 'ray://host:10001'); "
+                                                    "default: a local Ray instance")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per Ray trial (default: 1 when the cluster has GPUs, else 0)")
+    return p
+
+
+def kwargs_from_args(args: argparse.Namespace) -> dict:
+    """Turn parsed arguments into :func:`run_benchmark` keyword arguments."""
+    if args.datasets.strip() == "all":
+        from spared_lib.data import DATASETS
+
+        datasets = list(DATASETS)
+    else:
+        datasets = _csv(args.datasets)
+    models = list(MODEL_LABELS) if args.models.strip() == "all" else _csv(args.models)
+    unknown = [m for m in models if m not in MODEL_LABELS]
+    if unknown:
+        raise SystemExit(f"--models: unknown model(s) {unknown}; choose from {', '.join(MODEL_LABELS)} or 'all'")
+    try:
+        if args.lrs:
+            lrs = [float(v) for v in _csv(args.lrs)]
+        else:
+            low, high, n = args.lr_grid.split(":")
+            lrs = lr_grid(float(low), float(high), int(n))
+        targets = parse_targets(args.targets)
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError as err:
+        raise SystemExit(f"bad argument: {err} (--lr-grid is LOW:HIGH:N, --lrs and --seeds comma-separated)")
+    kw = dict(datasets=datasets, models=models, targets=targets, out=args.out, lrs=lrs, steps=args.steps,
+              search_steps=args.search_steps, seeds=seeds, size=args.size, batch_size=args.batch_size,
+              device=args.device, search_target=args.search_target, table_name=args.table,
+              backend="ray" if args.ray else "sequential", ray_address=args.address,
+              cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    if args.spackle_steps is not None:
+        from functools import partial
+
+        from .prepare import prepare_dataset
+
+        kw["prepare_fn"] = partial(prepare_dataset, spackle_steps=args.spackle_steps)
+    return kw
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kw = kwargs_from_args(args)
+    from .runner import final_results, run_benchmark
+
+    t0 = time.perf_counter()
+    table = run_benchmark(**kw)
+    res = final_results(table)
+    print(res[["dataset", "model", "target", "lr", "MSE", "PCC-Gene", "n_params", "wall_time_s"]].to_string(index=False))
+    n_failed = int((table["status"] != "ok").sum())
+    print(f"\n{len(table)} runs in the table ({n_failed} failed) · this invocation took "
+          f"{time.perf_counter() - t0:.0f} s · table: {kw['out']}/{kw['table_name']}")
+    return 1 if n_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
