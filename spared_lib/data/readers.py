@@ -374,7 +374,11 @@ def read_st(path: str | Path, sample: str, organism: str = "human", load_images:
                        index=counts.index.astype(str))
     adata = ad.AnnData(X=X, obs=obs, var=var)
     adata.obsm["spatial"] = pos[["pixel_x", "pixel_y"]].to_numpy(float)
-    spacing, _ = spot_spacing(spots[["y", "x"]].to_numpy(), spots[["pixel_x", "pixel_y"]].to_numpy(),
+    # The fit uses the sub-spot array coordinates the ST pipeline detected (new_x/new_y) where
+    # present: the printed array is slightly warped, the integer indices are nominal.
+    fit_cols = ["new_y", "new_x"] if {"new_x", "new_y"} <= set(spots.columns) else ["y", "x"]
+    spots = _numeric(spots, fit_cols, spots_file)
+    spacing, _ = spot_spacing(spots[fit_cols].to_numpy(), spots[["pixel_x", "pixel_y"]].to_numpy(),
                               "square")
     scalefactors = {"spot_diameter_fullres": spacing * ST_DIAMETER_OVER_PITCH,
                     "spot_spacing_fullres": spacing}
