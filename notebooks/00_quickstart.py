@@ -62,7 +62,7 @@ from spared_lib import data, plotting
 # %%
 if DATASET == "synthetic":
     info = data.make_synthetic_dataset(data.cache_dir() / "synthetic_quickstart", n_slides=2,
-                                       n_spots=600, seed=SEED)
+                                       n_spots=600, seed=SEED, overwrite=True)
 else:
     info = DATASET
 adata = data.load_dataset(info)

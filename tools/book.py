@@ -76,8 +76,9 @@ def execute(paths: list[Path], fast: bool = True) -> None:
     out_dir = EXECUTED / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     env_backup = dict(os.environ)
-    # Headless matplotlib, and unbuffered output so papermill shows progress as it happens.
-    os.environ.setdefault("MPLBACKEND", "agg")
+    # Figures must land in the notebook even where the caller exported MPLBACKEND=agg (CI does
+    # for its own plots), and output must be unbuffered so papermill shows progress as it happens.
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ["PYTHONUNBUFFERED"] = "1"
     try:
         for path in paths:
@@ -111,7 +112,10 @@ def stage() -> Path:
         shutil.rmtree(STAGE)
     STAGE.mkdir(parents=True)
     shutil.copy2(ROOT / "_config.yml", STAGE / "_config.yml")
-    shutil.copy2(ROOT / "_toc.yml", STAGE / "_toc.yml")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    # A part whose chapters are all still commented out is invalid for Jupyter Book: leave it out.
+    toc["parts"] = [p for p in toc.get("parts") or [] if p.get("chapters")]
+    (STAGE / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False, allow_unicode=True))
     shutil.copytree(ROOT / "book", STAGE / "book")
     (STAGE / "notebooks").mkdir()
     missing = []

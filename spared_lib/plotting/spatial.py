@@ -60,7 +60,13 @@ def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires"
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    slides = adata.obs["slide_id"].astype(str)
+    if "slide_id" in adata.obs:
+        slides = adata.obs["slide_id"].astype(str)
+    else:  # a single section read on its own (e.g. read_visium / read_st): its one library
+        libraries = list(adata.uns.get("spatial", {})) or ["slide"]
+        if len(libraries) != 1:
+            raise ValueError(f"obs has no 'slide_id' column and uns['spatial'] holds {len(libraries)} slides")
+        slides = pd.Series(libraries[0], index=adata.obs_names)
     slide_id = str(slide_id if slide_id is not None else slides.iloc[0])
     sel = np.flatnonzero(slides.to_numpy() == slide_id)
     if sel.size == 0:
