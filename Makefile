@@ -15,7 +15,6 @@ export FAST
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e ".[dev,book]"
 	@touch $@
 
