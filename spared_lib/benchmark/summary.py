@@ -41,7 +41,7 @@ def best_per_dataset(df: pd.DataFrame, metric: str = "MSE", higher_is_better: bo
     Defined in ``notebooks/06_benchmark.py``.
     """
     _check(df, ["dataset", "model", metric], "best_per_dataset")
-    out = df.dropna(subset=[metric])
+    out = df.dropna(subset=[metric]).reset_index(drop=True)  # idxmin labels must be unique
     by = ["dataset", "target"] if "target" in out.columns else ["dataset"]
     idx = out.groupby(by)[metric].idxmax() if higher_is_better else out.groupby(by)[metric].idxmin()
     return out.loc[idx.values, by + ["model", metric]].reset_index(drop=True)

@@ -4,3 +4,5 @@ Each area of the book has its own module; this package re-exports their public f
 Plot helpers take an ``ax`` (created when missing) and return the figure.
 """
 from .spatial import spatial_scatter, slide_image  # noqa: F401
+from .database import plot_database_overview, plot_gene_detection, plot_missing_fraction, plot_split_sizes  # noqa: F401
+from .benchmark import plot_best_model_pie, plot_best_pcc, plot_mse_vs_params, plot_normalised_mse  # noqa: F401
