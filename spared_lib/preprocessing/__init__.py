@@ -1,0 +1,26 @@
+"""SpaRED preprocessing, vectorised: filters, TPM, log2, adaptive median, Moran's I genes,
+ComBat, Δ, masks and 224-px patches.
+
+Each step is a function on an AnnData that names its layers; :func:`preprocess` runs them all.
+Introduced in ``notebooks/02_preprocessing.py``. Heavy libraries (scanpy, squidpy, torch) are
+imported inside the functions that need them.
+"""
+from .combat import combat, combat_array
+from .config import PreprocessConfig, resolve_config
+from .deltas import add_mask, deltas
+from .filters import expression_fractions, filter_spots_and_genes, real_data_prefix
+from .median import adaptive_median, adaptive_median_array, nonzero_medians
+from .moran import moran_genes, morans_i, top_genes
+from .neighbors import index_from_adjacency, khop_adjacencies, khop_index, spatial_neighbors
+from .normalise import gene_lengths, log1p, log1p_array, tpm, tpm_array
+from .patches import dihedral, extract_patches
+from .pipeline import LAYERS, preprocess
+
+__all__ = [
+    "LAYERS", "PreprocessConfig", "adaptive_median", "adaptive_median_array", "add_mask", "combat",
+    "combat_array", "deltas", "dihedral", "expression_fractions", "extract_patches",
+    "filter_spots_and_genes", "gene_lengths", "index_from_adjacency", "khop_adjacencies",
+    "khop_index", "log1p", "log1p_array", "moran_genes", "morans_i", "nonzero_medians",
+    "preprocess", "real_data_prefix", "resolve_config", "spatial_neighbors", "top_genes", "tpm",
+    "tpm_array",
+]

@@ -1,0 +1,36 @@
+"""Δ layers (deviation from the train-split gene mean) and the observed-entry mask (SPEC §2 steps 9–10).
+
+Introduced in ``notebooks/02_preprocessing.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import get_layer, require_obs
+
+
+def deltas(adata, from_layer: str = "log1p", to_layer: str = "deltas", split: str = "train"):
+    """``layers[to_layer]`` = ``layers[from_layer]`` minus each gene's mean over the spots with
+    ``obs['split'] == split`` (train only: no information from val/test leaks into Δ). The means
+    go to ``var[f'{from_layer}_avg_exp']``. In place; returns ``adata``.
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    require_obs(adata, "split", "deltas")
+    train = (adata.obs["split"] == split).to_numpy()
+    if not train.any():
+        raise ValueError(f"deltas: no spot has obs['split'] == {split!r}")
+    X = get_layer(adata, from_layer)
+    mean = X[train].mean(axis=0)
+    adata.var[f"{from_layer}_avg_exp"] = mean
+    adata.layers[to_layer] = X - mean
+    return adata
+
+
+def add_mask(adata, from_layer: str = "tpm", to_layer: str = "mask"):
+    """``layers[to_layer]`` = ``layers[from_layer] != 0`` (True = observed). In place.
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    adata.layers[to_layer] = get_layer(adata, from_layer) != 0
+    return adata
