@@ -1,0 +1,282 @@
+"""Tests of spared_lib.completion: neighbours, the SpaCKLE module, training, completion, baselines."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spared_lib import completion
+from spared_lib.completion.baselines import sme_complete
+from spared_lib.completion.evaluate import random_observed_mask
+
+
+def hex_coords(n_rows, n_cols, spacing=100.0):
+    r, c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    x = (c + 0.5 * (r % 2)) * spacing
+    y = r * spacing * np.sqrt(3) / 2
+    return np.c_[x.ravel(), y.ravel()]
+
+
+def toy_adata(n_rows=10, n_cols=10, n_genes=12, seed=0, slides=("A", "B", "C")):
+    """Hex-grid slides with smooth gene patterns, 30 % dropout and a median-like fill."""
+    rng = np.random.default_rng(seed)
+    xy = hex_coords(n_rows, n_cols)
+    coords, truth, slide_ids = [], [], []
+    # consecutive sections of one tissue: shared gene programmes, slide-specific noise
+    phase = rng.uniform(0, 2 * np.pi, n_genes)
+    freq = rng.uniform(1.0, 3.0, n_genes) / (n_cols * 100)
+    for s in slides:
+        base = 3 + 2 * np.sin(xy[:, :1] * freq + phase) * np.cos(xy[:, 1:] * freq)
+        truth.append(base + 0.1 * rng.standard_normal(base.shape))
+        coords.append(xy)  # identical coordinates in every slide: neighbours must not cross
+        slide_ids += [s] * len(xy)
+    truth = np.vstack(truth).astype(np.float32)
+    mask = rng.random(truth.shape) > 0.3
+    filled = np.where(mask, truth, np.median(truth, axis=0)).astype(np.float32)
+    adata = ad.AnnData(np.zeros_like(truth))
+    adata.obs_names = [f"s{i}" for i in range(adata.n_obs)]
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    adata.obs["slide_id"] = pd.Categorical(slide_ids)
+    split = dict(zip(slides, ("train", "val")))
+    adata.obs["split"] = [split.get(s, "test") for s in slide_ids]
+    adata.obsm["spatial"] = np.vstack(coords)
+    adata.layers["c_d_log1p"] = filled
+    adata.layers["mask"] = mask
+    adata.uns["dataset"] = {"key": "toy", "grid": "hex"}
+    return adata, truth
+
+
+# --- neighbours -------------------------------------------------------------------------------
+
+def test_neighbors_same_slide_self_first_and_two_rings():
+    adata, _ = toy_adata()
+    nbr = completion.spot_neighbors(adata)
+    assert nbr.shape == (adata.n_obs, 19) and nbr.dtype == np.int64
+    assert (nbr[:, 0] == np.arange(adata.n_obs)).all()
+    slide = np.asarray(adata.obs["slide_id"].cat.codes)
+    valid = nbr >= 0
+    assert (slide[np.where(valid, nbr, 0)] == slide[:, None])[valid].all()
+    # brute force on one slide: neighbours = spots within two hex rings (distance <= 2 spacings)
+    xy = adata.obsm["spatial"][:100]
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    expected = (d <= 200.0 + 1e-6).sum(axis=1) - 1
+    assert ((nbr[:100, 1:] >= 0).sum(axis=1) == expected).all()
+    assert expected.max() == 18 and expected.min() < 18  # interior full, border padded
+    # padding only at the end, distances non-decreasing
+    got = np.where(valid[:100], d[np.arange(100)[:, None], np.where(valid[:100], nbr[:100], 0)], 1e9)
+    assert (np.diff(got, axis=1) >= -1e-9).all()
+
+
+def test_neighbors_without_radius_is_plain_knn():
+    adata, _ = toy_adata()
+    nbr = completion.spot_neighbors(adata, n_neighbors=6, radius=None)
+    assert (nbr >= 0).all()
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def test_spot_completion_independent_of_other_batch_items():
+    torch.manual_seed(0)
+    model = completion.SpaCKLE(n_genes=8, d_model=16, dim_feedforward=32).eval()
+    x = torch.randn(5, 19, 8)
+    pad = torch.zeros(5, 19, dtype=torch.bool)
+    pad[1, 15:] = True
+    out = model(x, pad)
+    x2 = x.clone()
+    x2[1:] = torch.randn(4, 19, 8)  # change every other neighbourhood in the batch
+    out2 = model(x2, pad)
+    torch.testing.assert_close(out[0], out2[0], rtol=1e-5, atol=1e-6)
+    single = model(x[:1], pad[:1])
+    torch.testing.assert_close(out[0], single[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out[1:], out2[1:])
+
+
+def test_padded_tokens_do_not_influence_real_tokens():
+    torch.manual_seed(1)
+    model = completion.SpaCKLE(n_genes=8, d_model=16, dim_feedforward=32).eval()
+    x = torch.randn(2, 19, 8)
+    pad = torch.zeros(2, 19, dtype=torch.bool)
+    pad[:, 10:] = True
+    x2 = x.clone()
+    x2[:, 10:] = 100 * torch.randn(2, 9, 8)
+    torch.testing.assert_close(model(x, pad)[:, :10], model(x2, pad)[:, :10], rtol=1e-5, atol=1e-5)
+    # and the centre's output does depend on its real neighbours
+    x3 = x.clone()
+    x3[:, 1:10] += 1.0
+    assert not torch.allclose(model(x, pad)[:, 0], model(x3, pad)[:, 0])
+
+
+def test_model_shape_checks_and_defaults():
+    model = completion.SpaCKLE(n_genes=32)
+    assert model.config == dict(n_genes=32, d_model=128, n_layers=2, n_heads=1, dim_feedforward=2048, dropout=0.1)
+    assert model.encoder.layers[0].self_attn.batch_first
+    with pytest.raises(ValueError, match="32"):
+        model(torch.zeros(2, 19, 16))
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def test_masking_probabilities_hand_computed():
+    mask = np.zeros((10, 4), dtype=bool)
+    mask[:, 0] = True        # glob_exp_frac 1.0 -> 0.3
+    mask[:5, 1] = True       # 0.5 -> 0.6
+    mask[:2, 2] = True       # 0.2 -> 1.5, capped at 1
+    # gene 3 never observed -> 1
+    np.testing.assert_allclose(completion.masking_probabilities(mask, 0.3), [0.3, 0.6, 1.0, 1.0], rtol=1e-6)
+
+
+TINY = dict(d_model=32, dim_feedforward=64, batch_size=64, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread than on two shared, oversubscribed cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_is_deterministic_and_keeps_best_checkpoint(tmp_path):
+    adata, _ = toy_adata()
+    m1, h1 = completion.train_spackle(adata, steps=12, seed=3, val_every=3, out_dir=tmp_path, **TINY)
+    m2, h2 = completion.train_spackle(adata, steps=12, seed=3, val_every=3, **TINY)
+    pd.testing.assert_frame_equal(h1, h2)
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert list(h1.columns) == ["step", "train_loss", "val_mse"] and len(h1) == 12
+    assert h1["val_mse"].notna().sum() == 4
+    assert m1.meta["best_val_mse"] == pytest.approx(h1["val_mse"].min())
+    assert m1.meta["best_step"] == int(h1.loc[h1["val_mse"].idxmin(), "step"])
+    assert m1.meta["val_split"] == "val"
+    loaded = completion.load_spackle(tmp_path / "spackle.pt")
+    for a, b in zip(m1.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    _, h3 = completion.train_spackle(adata, steps=12, seed=4, val_every=3, **TINY)
+    assert not np.allclose(h1["train_loss"], h3["train_loss"])
+
+
+def test_training_reduces_loss():
+    adata, _ = toy_adata()
+    _, hist = completion.train_spackle(adata, steps=40, seed=0, val_every=20, lr=3e-3, **TINY)
+    assert hist["train_loss"].iloc[-10:].mean() < 0.5 * hist["train_loss"].iloc[:5].mean()
+
+
+def test_train_rejects_bad_input():
+    adata, _ = toy_adata()
+    with pytest.raises(KeyError, match="c_t_log1p"):
+        completion.train_spackle(adata, layer="c_t_log1p", steps=1, **TINY)
+    with pytest.raises(ValueError, match="train_input"):
+        completion.train_spackle(adata, steps=1, train_input="mean", **TINY)
+
+
+# --- completion -------------------------------------------------------------------------------
+
+def test_complete_keeps_observed_and_writes_layers():
+    adata, _ = toy_adata()
+    model, _ = completion.train_spackle(adata, steps=5, seed=0, **TINY)
+    out = completion.complete(adata, model, copy=True)
+    assert "c_t_log1p" not in adata.layers  # copy=True leaves the input alone
+    x, m = adata.layers["c_d_log1p"], adata.layers["mask"]
+    ct = out.layers["c_t_log1p"]
+    np.testing.assert_array_equal(ct[m], x[m])
+    assert not np.allclose(ct[~m], x[~m])
+    train = np.asarray(out.obs["split"] == "train")
+    np.testing.assert_allclose(out.var["c_t_log1p_avg_exp"], ct[train].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(out.layers["c_t_deltas"], ct - ct[train].mean(0), atol=1e-5)
+    # the completed value of a spot is the model's centre output with missing entries zeroed
+    nbr = completion.spot_neighbors(adata)
+    i = int(np.flatnonzero(~m.all(axis=1))[0])
+    idx = nbr[i][nbr[i] >= 0]
+    e = torch.as_tensor(np.where(m, x, 0)[idx][None])
+    with torch.no_grad():
+        ref = model(e)[0, 0].numpy()
+    np.testing.assert_allclose(ct[i][~m[i]], ref[~m[i]], rtol=1e-4, atol=1e-5)
+
+
+# --- evaluation and baselines -----------------------------------------------------------------
+
+def test_random_observed_mask_hides_only_observed():
+    mask = np.random.default_rng(0).random((400, 50)) > 0.4
+    hidden = random_observed_mask(mask, 0.3, seed=1)
+    assert not (hidden & ~mask).any()
+    assert hidden.sum() / mask.sum() == pytest.approx(0.3, abs=0.02)
+    np.testing.assert_array_equal(hidden, random_observed_mask(mask, 0.3, seed=1))
+
+
+def sme_reference(adata, x, visible, morph, n_top=3):
+    """Dense, looped stLearn SME on a tiny input: the reference for the vectorised version."""
+    from spared_lib.completion.baselines import _pca
+
+    z = np.where(visible, x, 0.0)
+    emb = _pca(z.astype(np.float64), 50)
+    xy = adata.obsm["spatial"]
+    slide = np.asarray(adata.obs["slide_id"])
+    spacing = 100.0
+    out = x.copy()
+    for i in range(adata.n_obs):
+        w = np.zeros(adata.n_obs)
+        for j in range(adata.n_obs):
+            if slide[i] != slide[j] or np.linalg.norm(xy[i] - xy[j]) >= 3 * spacing:
+                continue
+            gd = max(np.corrcoef(emb[i], emb[j])[0, 1], 0.0)
+            md = max(morph[i] @ morph[j] / np.linalg.norm(morph[i]) / np.linalg.norm(morph[j]), 0.0)
+            w[j] = gd * md
+        top = np.argsort(-w, kind="stable")[:n_top]
+        ww = w[top] / w[top].sum()
+        fill = ww @ z[top]
+        out[i] = np.where(visible[i], x[i], fill)
+    return out
+
+
+def test_sme_matches_dense_reference():
+    adata, _ = toy_adata(n_rows=5, n_cols=6, n_genes=8, slides=("A", "B"))
+    x, m = adata.layers["c_d_log1p"], adata.layers["mask"]
+    morph = np.random.default_rng(2).random((adata.n_obs, 5)) + 0.1
+    got = sme_complete(adata, x, m, morphology=morph)
+    np.testing.assert_allclose(got, sme_reference(adata, x, m, morph), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got[m], x[m])
+
+
+def test_evaluate_sme_scores_only_hidden_centre_entries():
+    from spared_lib.metrics import compute_metrics
+
+    adata, _ = toy_adata(n_rows=6, n_cols=6, n_genes=8)
+    res = completion.evaluate_completion(adata, "sme", mask_fraction=0.4, seed=5, return_completion=True)
+    test = np.asarray(adata.obs["split"] == "test")
+    x = adata.layers["c_d_log1p"]
+    assert res["split"] == "test" and res["n_scored"] == res["hidden"][test].sum()
+    ref = compute_metrics(x[test], res["completed"][test], res["hidden"][test])
+    assert res["MSE"] == pytest.approx(ref["MSE"])
+    d = (x - res["completed"])[test][res["hidden"][test]]
+    assert res["MSE"] == pytest.approx(float(np.mean(d**2)), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown completion method"):
+        completion.evaluate_completion(adata, "knn")
+
+
+def test_spackle_learns_to_complete_better_than_gene_mean():
+    adata, _ = toy_adata(n_rows=12, n_cols=12, n_genes=12, seed=1)
+    model, _ = completion.train_spackle(adata, steps=200, seed=0, lr=2e-3, val_every=50, **TINY)
+    res = completion.evaluate_completion(adata, "spackle", 0.3, seed=0, model=model, return_completion=True)
+    x, hidden = adata.layers["c_d_log1p"], res["hidden"]
+    test = np.asarray(adata.obs["split"] == "test")
+    mean_fill = np.where(hidden, np.nanmean(np.where(adata.layers["mask"] & ~hidden, x, np.nan), 0), x)
+    mse_mean = float(np.mean(((x - mean_fill)[test][hidden[test]]) ** 2))
+    assert res["MSE"] < 0.7 * mse_mean
+
+
+def test_median_baseline_fills_hidden_with_neighbourhood_median():
+    adata, _ = toy_adata(n_rows=6, n_cols=6, n_genes=4, slides=("A",))
+    x = np.full((adata.n_obs, 4), 2.0, dtype=np.float32)
+    x[:, 1] = np.arange(adata.n_obs)  # gene 1 varies
+    visible = np.ones_like(x, dtype=bool)
+    visible[14, :] = False  # an interior spot
+    got = completion.median_complete(adata, x, visible)
+    np.testing.assert_array_equal(got[visible], x[visible])
+    assert got[14, 0] == 2.0
+    # 1-hop neighbourhood (itself, now 0, and its 6 nearest spots): median of 7 values
+    d = np.linalg.norm(adata.obsm["spatial"] - adata.obsm["spatial"][14], axis=1)
+    ring = np.argsort(d, kind="stable")[1:7]
+    assert got[14, 1] == np.median(np.r_[0.0, x[ring, 1]])
