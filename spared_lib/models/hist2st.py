@@ -206,11 +206,14 @@ class Hist2ST(SpotModel):
             if self.counts.shape[0] == 0:
                 raise RuntimeError("hist2st: call prepare(ctx) before training with zinb > 0")
             idx = batch["index"]
-            m = torch.exp(self.zinb_mean(h)).clamp(1e-5, 1e6)
-            d = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
-            p = torch.sigmoid(self.zinb_pi(h))
-            total = total + self.zinb * zinb_nll(self.counts[idx].to(h.device), m, d, p,
-                                                 self.size_factor[idx].to(h.device))
+            # lgamma and the likelihood in float32 even under mixed precision
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                hf = h.float()
+                m = torch.exp(self.zinb_mean(hf)).clamp(1e-5, 1e6)
+                d = F.softplus(self.zinb_disp(hf)).clamp(1e-4, 1e4)
+                p = torch.sigmoid(self.zinb_pi(hf))
+                total = total + self.zinb * zinb_nll(self.counts[idx].to(h.device), m, d, p,
+                                                     self.size_factor[idx].to(h.device))
         if self.bake > 0 and self.training:
             preds, weights = [], []
             for _ in range(self.bake):
