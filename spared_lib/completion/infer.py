@@ -77,7 +77,8 @@ def predict_centres(
     """
     dev = resolve_device(device)
     centres = np.arange(x.shape[0]) if centres is None else np.asarray(centres)
-    xt = torch.as_tensor(np.where(visible, x, 0.0).astype(np.float32), device=dev)
+    offset = model.offset.detach().cpu().numpy()
+    xt = torch.as_tensor(np.where(visible, x - offset, 0.0).astype(np.float32), device=dev)
     vt = torch.as_tensor(visible, device=dev)
     nt = torch.as_tensor(nbr, device=dev)
     was_training = model.training

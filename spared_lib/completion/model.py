@@ -54,6 +54,11 @@ class SpaCKLE(nn.Module):
         # and unpadded batches follow the same arithmetic.
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.l_out = nn.Linear(d_model, n_genes)
+        # Per-gene offset added to the output; the input is expected minus this offset, with
+        # hidden entries 0. ``train_spackle(centre=True)`` sets it to the train-split means, so
+        # log2-TPM values around 10 need not be learnt by the first step and a hidden entry reads
+        # as "the gene's average".
+        self.register_buffer("offset", torch.zeros(n_genes))
         #: Filled by :func:`spared_lib.completion.train_spackle`: layer, genes, neighbourhood.
         self.meta: dict = {}
 
@@ -63,7 +68,7 @@ class SpaCKLE(nn.Module):
         Parameters
         ----------
         x
-            ``(batch, tokens, n_genes)`` float, masked entries set to 0.
+            ``(batch, tokens, n_genes)`` float: expression minus ``offset``, hidden entries 0.
         padding_mask
             ``(batch, tokens)`` bool, True where a token is padding (a border spot with fewer
             neighbours); padded tokens are excluded from attention.
@@ -78,4 +83,4 @@ class SpaCKLE(nn.Module):
                 f"SpaCKLE expects (batch, tokens, {self.config['n_genes']}) input, got {tuple(x.shape)}"
             )
         h = self.encoder(self.l_in(x), src_key_padding_mask=padding_mask)
-        return self.l_out(h)
+        return self.l_out(h) + self.offset

@@ -70,6 +70,7 @@ def train_spackle(
     *,
     mask_fraction: float = 0.3,
     train_input: str = "zeroed",
+    centre: bool = True,
     n_neighbors: int = 18,
     radius: float | None | str = "auto",
     val_every: int | None = None,
@@ -105,6 +106,9 @@ def train_spackle(
         What the model sees at entries that were missing in the data (mask False):
         ``'zeroed'`` (zeros, as at inference) or ``'median'`` (the median-filled values, as the
         original trained while zeroing them at inference). Chapter 03 compares the two.
+    centre
+        Feed the model expression minus the train-split gene means (``model.offset``), so a
+        hidden entry (0) stands for the gene's mean; False feeds raw values as the original.
     n_neighbors, radius
         Neighbourhood, see :func:`spared_lib.completion.spot_neighbors`.
     val_every
@@ -139,7 +143,10 @@ def train_spackle(
     p_gene = masking_probabilities(m[train_idx], mask_fraction)
     val_every = val_every or max(1, steps // 50)
 
+    offset = np.where(m[train_idx], x[train_idx], 0).sum(0) / np.maximum(m[train_idx].sum(0), 1)
+    offset = offset.astype(np.float32) if centre else np.zeros(x.shape[1], np.float32)
     xt = torch.as_tensor(x, device=dev)
+    off = torch.as_tensor(offset, device=dev)
     mt = torch.as_tensor(m, device=dev)
     nt = torch.as_tensor(nbr, device=dev)
     pt = torch.as_tensor(p_gene, device=dev)
@@ -150,7 +157,7 @@ def train_spackle(
     val_c = torch.as_tensor(val_idx, device=dev)
     val_e, val_obs, val_pad = gather_neighbourhoods(xt, mt, nt, val_c)
     val_r = (torch.rand(val_e.shape, generator=gen).to(dev) < pt) & val_obs
-    val_in = val_e.masked_fill(val_r | ~val_obs, 0.0)  # inference-style input
+    val_in = (val_e - off).masked_fill(val_r | ~val_obs | val_pad[..., None], 0.0)  # as at inference
 
     def validate(model):
         model.eval()
@@ -169,6 +176,7 @@ def train_spackle(
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         model = SpaCKLE(n_genes, **model_kwargs).to(dev)
+        model.offset.copy_(off)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         best, best_state, best_step = np.inf, None, 0
         model.train()
@@ -179,7 +187,7 @@ def train_spackle(
             e, obs, pad = gather_neighbourhoods(xt, mt, nt, centres)
             r = (torch.rand((batch_size, n_tokens, n_genes), generator=gen).to(dev) < pt) & obs
             hidden = r | ~obs if train_input == "zeroed" else r | pad[..., None]
-            pred = model(e.masked_fill(hidden, 0.0), pad)
+            pred = model((e - off).masked_fill(hidden | pad[..., None], 0.0), pad)
             loss = _masked_loss(pred, e, ~pad)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -196,7 +204,7 @@ def train_spackle(
     model = model.cpu().eval()
     model.meta = dict(
         layer=layer, var_names=list(map(str, adata.var_names)), n_neighbors=n_neighbors,
-        radius=radius, train_input=train_input, mask_fraction=mask_fraction,
+        radius=radius, train_input=train_input, centre=centre, mask_fraction=mask_fraction,
         best_val_mse=float(best), best_step=int(best_step), val_split=val_name,
         steps=int(steps), seed=int(seed), device=str(dev),
         train_time_s=time.perf_counter() - t0, dataset=adata.uns.get("dataset", {}).get("key"),
