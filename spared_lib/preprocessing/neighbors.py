@@ -5,6 +5,9 @@ Introduced in ``notebooks/02_preprocessing.py``.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -22,6 +25,20 @@ def _grid_of(adata, grid: str | None) -> str:
     return grid
 
 
+@contextlib.contextmanager
+def _quiet_squidpy():
+    """squidpy logs one INFO line per graph; we build one per slide, so silence it."""
+    loggers = [logging.getLogger(n) for n in ("spatialdata._logging", "spatialdata", "squidpy")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 def _squidpy_graph(coords: np.ndarray, grid: str) -> sp.csr_matrix:
     """The graph the original builds with squidpy: 6-NN on pixel coordinates for hex (Visium)
     data; squidpy's grid mode with 8 neighbours for square (legacy ST) data."""
@@ -30,15 +47,16 @@ def _squidpy_graph(coords: np.ndarray, grid: str) -> sp.csr_matrix:
 
     tmp = ad.AnnData(obs={"i": np.arange(len(coords))}, obsm={"spatial": np.asarray(coords, dtype=np.float64)})
     knn = getattr(sq.gr, "spatial_neighbors_knn", None)
-    if knn is not None:  # squidpy >= 1.7: the mode-specific functions
-        if grid == "hex":
-            res = sq.gr.spatial_neighbors_knn(tmp, n_neighs=6, copy=True)
+    with _quiet_squidpy():
+        if knn is not None:  # squidpy >= 1.7: the mode-specific functions
+            if grid == "hex":
+                res = sq.gr.spatial_neighbors_knn(tmp, n_neighs=6, copy=True)
+            else:
+                res = sq.gr.spatial_neighbors_grid(tmp, n_neighs=8, copy=True)
+            adj = res.connectivities
         else:
-            res = sq.gr.spatial_neighbors_grid(tmp, n_neighs=8, copy=True)
-        adj = res.connectivities
-    else:
-        kw = dict(coord_type="generic", n_neighs=6) if grid == "hex" else dict(coord_type="grid", n_neighs=8)
-        adj, _ = sq.gr.spatial_neighbors(tmp, copy=True, **kw)
+            kw = dict(coord_type="generic", n_neighs=6) if grid == "hex" else dict(coord_type="grid", n_neighs=8)
+            adj, _ = sq.gr.spatial_neighbors(tmp, copy=True, **kw)
     adj = sp.csr_matrix(adj)
     adj.setdiag(0)
     adj.eliminate_zeros()
