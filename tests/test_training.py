@@ -1,0 +1,218 @@
+"""spared_lib.training: data pipeline, Lightning loop, checkpoint rule, Δ, TTA, slide batching."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+anndata = pytest.importorskip("anndata")
+
+from spared_lib.metrics import compute_metrics  # noqa: E402
+from spared_lib.models.base import SpotModel  # noqa: E402
+from spared_lib.training import fit, predict  # noqa: E402
+from spared_lib.training.data import (contiguous_crops, dihedral_views, local_edge_index,  # noqa: E402
+                                      make_loader, random_dihedral, read_targets, spot_meta)
+
+
+def make_patch_data(n_side=8, n_genes=6, seed=0, size=32):
+    """A preprocessed-looking AnnData (3 slides: train/val/test) + uint8 patches.
+
+    Expression is a linear function of three smooth spatial factors, and each patch's
+    colour encodes the same factors (plus pixel noise), so a CNN can learn
+    image -> expression; the link is invariant to flips and rotations.
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij")
+    rc = np.stack([rows.ravel(), 2 * cols.ravel() + rows.ravel() % 2], 1)  # hex array coordinates
+    xy = np.stack([rc[:, 1] * 50.0, rc[:, 0] * 86.6], 1)
+    n_slides = 3
+    n = n_slides * len(rc)
+    slide = np.repeat(np.arange(n_slides), len(rc))
+    z = np.concatenate([np.stack([np.sin(xy[:, 0] / 150 + p), np.cos(xy[:, 1] / 170 + 2 * p),
+                                  np.sin((xy[:, 0] + xy[:, 1]) / 210 + 3 * p)], 1) for p in range(n_slides)])
+    w = rng.normal(0, 1, (3, n_genes))
+    y = (2.0 + z @ w + rng.normal(0, 0.1, (n, n_genes))).astype(np.float32)
+    colour = 128 + 90 * np.tanh(z)
+    patches = np.clip(colour[:, None, None, :] + rng.normal(0, 15, (n, size, size, 3)), 0, 255).astype(np.uint8)
+    mask = rng.random((n, n_genes)) > 0.2
+    split = np.array(["train", "val", "test"])[slide]
+    obs = pd.DataFrame({"slide_id": pd.Categorical([f"S{s}" for s in slide]), "split": split,
+                        "array_row": np.tile(rc[:, 0], n_slides), "array_col": np.tile(rc[:, 1], n_slides)},
+                       index=[f"spot{i}" for i in range(n)])
+    ad = anndata.AnnData(X=np.zeros((n, n_genes), np.float32), obs=obs)
+    ad.obsm["spatial"] = np.tile(xy, (n_slides, 1))
+    ad.uns["dataset"] = {"grid": "hex"}
+    train = split == "train"
+    ad.layers["c_d_log1p"] = y
+    ad.layers["mask"] = mask
+    mean = (y * mask)[train].sum(0) / mask[train].sum(0)
+    ad.var["c_d_log1p_avg_exp"] = mean
+    ad.layers["c_d_deltas"] = y - mean
+    return ad, patches
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the CI machine's 2 cores are shared: OpenMP's spinning threads make 2 threads far slower than 1
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_patch_data()
+
+
+def _mean_baseline_mse(ad, idx):
+    y, m = ad.layers["c_d_log1p"], ad.layers["mask"]
+    return compute_metrics(y[idx], np.broadcast_to(ad.var["c_d_log1p_avg_exp"].to_numpy(), y[idx].shape),
+                           m[idx])["MSE"]
+
+
+def test_end_to_end_fit_beats_training_mean(data, tmp_path):
+    ad, patches = data
+    res = fit("shufflenet", ad, "c_d_log1p", steps=80, lr=3e-3, patches=patches, batch_size=32, size="small",
+              device="cpu", out_dir=tmp_path, val_every=20, progress=False)
+    assert res.eval_split == "test"
+    test_idx = np.flatnonzero(ad.obs["split"] == "test")
+    np.testing.assert_array_equal(res.eval_index, test_idx)
+    baseline = _mean_baseline_mse(ad, test_idx)
+    assert res.metrics["MSE"] < 0.7 * baseline, (res.metrics["MSE"], baseline)
+    assert res.metrics["PCC-Gene"] > 0.5
+    # the reported metrics are those of the returned model's predictions on the test split
+    again = predict(res.model, ad, patches, test_idx, device="cpu")
+    np.testing.assert_allclose(again, res.predictions, atol=1e-5)
+    ref = compute_metrics(ad.layers["c_d_log1p"][test_idx], again, ad.layers["mask"][test_idx])
+    assert res.metrics["MSE"] == pytest.approx(ref["MSE"], rel=1e-4)
+    # checkpoint rule: the kept checkpoint is the lowest validation MSE of the run
+    h = res.history
+    assert h["val_mse"].notna().sum() == 4
+    assert res.best_val_mse == pytest.approx(h["val_mse"].min(), rel=1e-6)
+    assert res.best_step == int(h.loc[h["val_mse"].idxmin(), "step"])
+    assert res.checkpoint_path and str(tmp_path) in res.checkpoint_path
+    val_idx = np.flatnonzero(ad.obs["split"] == "val")
+    val_pred = predict(res.model, ad, patches, val_idx, device="cpu")
+    assert compute_metrics(ad.layers["c_d_log1p"][val_idx], val_pred, ad.layers["mask"][val_idx])["MSE"] == \
+        pytest.approx(res.best_val_mse, rel=1e-4)
+
+
+def test_fit_is_deterministic_on_cpu(data, tmp_path):
+    ad, patches = data
+    kw = dict(steps=4, lr=1e-3, patches=patches, batch_size=16, size="small", device="cpu", val_every=2,
+              progress=False, verbose=False)
+    a = fit("shufflenet", ad, out_dir=tmp_path / "a", seed=3, **kw)
+    b = fit("shufflenet", ad, out_dir=tmp_path / "b", seed=3, **kw)
+    c = fit("shufflenet", ad, out_dir=tmp_path / "c", seed=4, **kw)
+    pd.testing.assert_frame_equal(a.history, b.history)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    assert not np.allclose(a.history["train_loss"].dropna(), c.history["train_loss"].dropna())
+
+
+def test_delta_model_adds_train_mean_back(data, tmp_path):
+    ad, patches = data
+    res = fit("vit_b_delta", ad, steps=2, lr=1e-4, patches=patches, batch_size=16, size="small", device="cpu",
+              out_dir=tmp_path, val_every=2, progress=False, verbose=False, model_kwargs={"image_size": 32})
+    offset = res.model.target_offset.numpy()
+    np.testing.assert_allclose(offset, ad.var["c_d_log1p_avg_exp"].to_numpy(), rtol=1e-6)
+    t = read_targets(ad, "c_d_log1p", uses_deltas=True)
+    np.testing.assert_allclose(t.target, ad.layers["c_d_deltas"])
+    # predictions are in log1p space: model output (delta space) + the train mean
+    idx = res.eval_index[:5]
+    from spared_lib.training.data import normalise
+    with torch.no_grad():
+        raw = res.model({"image": normalise(torch.from_numpy(patches[idx]))}).numpy()
+    np.testing.assert_allclose(res.predictions[:5], raw + offset, atol=1e-5)
+
+
+def test_stnet_starts_at_training_mean(data, tmp_path):
+    ad, patches = data
+    res = fit("stnet", ad, steps=1, lr=0.0, patches=patches, batch_size=8, size="small", device="cpu",
+              out_dir=tmp_path, val_every=1, progress=False, verbose=False)
+    # lr = 0: the model is exactly its initialisation -> every prediction is the masked train mean
+    train = np.flatnonzero(ad.obs["split"] == "train")
+    y, m = ad.layers["c_d_log1p"][train], ad.layers["mask"][train]
+    mean = (y * m).sum(0) / m.sum(0)
+    np.testing.assert_allclose(res.predictions, np.broadcast_to(mean, res.predictions.shape), rtol=1e-5)
+    assert res.model.test_time_augmentation and res.model.optimizer == "sgd"
+
+
+def test_missing_completed_layer_and_misaligned_patches(data):
+    ad, patches = data
+    with pytest.raises(KeyError, match="complete"):
+        fit("shufflenet", ad, "c_t_log1p", steps=1, patches=patches, size="small", device="cpu")
+    with pytest.raises(ValueError, match="aligned"):
+        fit("shufflenet", ad, steps=1, patches=patches[:10], size="small", device="cpu")
+    with pytest.raises(KeyError, match="valid names"):
+        fit("resnet", ad, steps=1, patches=patches)
+
+
+def test_eval_loader_keeps_every_spot(data):
+    ad, patches = data
+    t = read_targets(ad, "c_d_log1p", False)
+    idx = np.arange(37)
+    loader = make_loader("spot", patches, t, spot_meta(ad), idx, batch_size=8, train=False)
+    seen = torch.cat([b["index"] for b in loader]).numpy()
+    np.testing.assert_array_equal(seen, idx)
+    assert not loader.drop_last
+
+
+def test_augmentation_views_are_the_eight_symmetries():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    views = dihedral_views(x)
+    flat = {tuple(v[0].flatten().tolist()) for v in views}
+    assert len(flat) == 8
+    torch.manual_seed(0)
+    for _ in range(20):
+        y = random_dihedral(x)
+        for b in range(2):
+            assert tuple(y[b].flatten().tolist()) in {tuple(v[b].flatten().tolist()) for v in views}
+
+
+def test_contiguous_crops_partition_and_edges(data):
+    ad, _ = data
+    meta = spot_meta(ad)
+    rows = np.flatnonzero(meta["slide"] == 0)
+    crops = contiguous_crops(meta["xy"], rows, 20)
+    assert all(len(c) <= 20 for c in crops)
+    np.testing.assert_array_equal(np.sort(np.concatenate(crops)), rows)
+    # spatially compact: a crop's bounding box is much smaller than the slide's
+    assert max(np.ptp(meta["xy"][c], 0).max() for c in crops) < np.ptp(meta["xy"][rows], 0).max()
+    from spared_lib.training.data import first_ring
+    nb = first_ring(ad)
+    assert (nb[:, 0] == np.arange(ad.n_obs)).all()
+    inner = (ad.obs["array_row"].between(1, 6) & ad.obs["array_col"].between(2, 13)).to_numpy()
+    assert ((nb[inner, 1:] >= 0).sum(1) == 6).all()  # interior hex spots have 6 neighbours
+    e = local_edge_index(rows, nb).numpy()
+    pairs = {(rows[s], rows[d]) for s, d in e.T}
+    expect = {(j, i) for i in rows for j in nb[i, 1:] if j >= 0} | {(i, j) for i in rows for j in nb[i, 1:] if j >= 0}
+    assert pairs == expect
+
+
+class _SlideMean(SpotModel):
+    """Tiny slide model: colour features averaged over graph neighbours."""
+
+    batching = "slide"
+    max_spots = 30
+
+    def __init__(self, g):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, g)
+        self.seen = []
+
+    def forward(self, batch):
+        f = batch["image"].mean((2, 3))
+        src, dst = batch["edge_index"]
+        agg = torch.zeros_like(f).index_add_(0, dst, f[src])
+        deg = torch.zeros(len(f)).index_add_(0, dst, torch.ones(len(src))).clamp_min(1)
+        self.seen.append((len(f), int(batch["edge_index"].shape[1])))
+        return self.lin(torch.cat([f, agg / deg[:, None]], 1))
+
+
+def test_slide_batching_through_fit(data, tmp_path):
+    ad, patches = data
+    model = _SlideMean(ad.n_vars)
+    res = fit(model, ad, steps=6, lr=1e-2, patches=patches, device="cpu", out_dir=tmp_path, val_every=3,
+              progress=False, verbose=False)
+    assert all(n <= 30 and e > 0 for n, e in model.seen)
+    assert res.predictions.shape == (64, ad.n_vars) and np.isfinite(res.predictions).all()
