@@ -202,6 +202,15 @@ def test_bad_arguments_name_the_problem(tmp_path):
         run_benchmark(DATA, ["shufflenet"], "raw", tmp_path / "b", backend="dask", fit_fn=FakeFit())
     with pytest.raises(ValueError, match="steps"):
         run_benchmark(DATA, ["shufflenet"], "raw", tmp_path / "c", steps=0, fit_fn=FakeFit())
+    with pytest.raises(ValueError, match="fit_options may not set.*lr"):
+        run_benchmark(DATA, ["shufflenet"], "raw", tmp_path / "d", fit_options={"lr": 1}, fit_fn=FakeFit())
+
+
+def test_fit_options_reach_fit(tmp_path):
+    fit = FakeFit()
+    run_benchmark({"toy": DATA["toy"]}, ["shufflenet"], "raw", tmp_path, lrs=[1e-4], steps=2, fit_fn=fit,
+                  fit_options={"val_every": 7, "progress": False}, progress=False)
+    assert fit.calls[0]["val_every"] == 7 and fit.calls[0]["progress"] is False
 
 
 def test_command_line_arguments():

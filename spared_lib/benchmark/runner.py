@@ -123,8 +123,8 @@ def run_benchmark(datasets: Iterable[str] | Mapping[str, tuple], models: Sequenc
                   pretrained: Any = None, device: str = "auto", search_target: str | None = None,
                   backend: str = "sequential", ray_address: str | None = None, cpus_per_trial: float = 1,
                   gpus_per_trial: float | None = None, fit_fn: Callable | None = None,
-                  prepare_fn: Callable | None = None, table_name: str = "results.csv",
-                  progress: bool = True) -> pd.DataFrame:
+                  prepare_fn: Callable | None = None, fit_options: Mapping | None = None,
+                  table_name: str = "results.csv", progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the benchmark and return its results table.
 
     Parameters
@@ -156,6 +156,9 @@ def run_benchmark(datasets: Iterable[str] | Mapping[str, tuple], models: Sequenc
         a cluster, ``gpus_per_trial`` defaults to 1 when the cluster has GPUs).
     fit_fn
         Replaces :func:`spared_lib.training.fit` (tests inject a fake one).
+    fit_options
+        More keyword arguments for every fit, e.g. ``{"val_every": 50, "progress": False}``.
+        They do not enter the cell key: keep them fixed within one results folder.
 
     Returns
     -------
@@ -189,6 +192,11 @@ def run_benchmark(datasets: Iterable[str] | Mapping[str, tuple], models: Sequenc
     fit_kwargs = {"size": size, "device": device, "pretrained": pretrained}
     if batch_size is not None:
         fit_kwargs["batch_size"] = batch_size
+    clash = sorted(set(fit_options or {}) & {"model_name", "adata", "target_layer", "steps", "lr", "patches",
+                                              "seed", "out_dir", *fit_kwargs})
+    if clash:
+        raise ValueError(f"run_benchmark: fit_options may not set {clash}; use the run_benchmark arguments")
+    fit_kwargs.update(fit_options or {})
     executor = _executor(backend, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, out=out)
 
