@@ -34,8 +34,11 @@ book: notebooks
 	$(PY) tools/book.py build
 	@echo "The book is in _build/html/index.html"
 
+# Unit tests and notebooks on every core (one thread each), then the book and the checks of it.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: notebooks
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not book"
+	$(PY) -m pytest -m book
 
 clean:
 	rm -rf _build .pytest_cache
