@@ -56,6 +56,8 @@ def synthetic(n_slides: int, spots_per_slide: int = 4500, n_genes: int = 4000, s
     genes = genes[genes["biotype"] == "protein_coding"].index[:n_genes]
     log_mu = rng.normal(-0.8, 1.3, n_genes)
     loadings = rng.normal(0, 0.6, (4, n_genes))
+    n_train = max(1, n_slides - 2)
+    splits = ["train"] * n_train + ["val", "test"][:n_slides - n_train]
     blocks, obs, coords = [], [], []
     for s in range(n_slides):
         d = np.hypot(xy[:, 0] - xy[:, 0].mean(), xy[:, 1] - xy[:, 1].mean())
@@ -68,7 +70,7 @@ def synthetic(n_slides: int, spots_per_slide: int = 4500, n_genes: int = 4000, s
         lam = rng.gamma(2.0, mu / 2.0)
         blocks.append(sp.csr_matrix(rng.poisson(lam).astype(np.float32)))
         obs.append(pd.DataFrame({"slide_id": f"SYN{s}", "patient": f"P{s // 2}",
-                                 "split": "train" if s < n_slides - 2 else ("val" if s == n_slides - 2 else "test"),
+                                 "split": splits[s],
                                  "array_row": rc[keep, 0], "array_col": rc[keep, 1], "in_tissue": True}))
         coords.append(p * 2.0 + rng.normal(0, 0.3, p.shape))  # 0.5 µm/px, slightly jittered
     obs = pd.concat(obs, ignore_index=True)
@@ -170,6 +172,7 @@ def run_spared(adata, cfg: dict, moran_perms=1000) -> tuple[dict, dict]:
         t = time.perf_counter()
         a = filtering.filter_dataset(a, params)
         steps["filter"] = time.perf_counter() - t
+        res["filtered_genes"], res["filtered_spots"] = list(a.var_names), list(a.obs_names)
         a.layers["counts"] = a.X.toarray()
         t = time.perf_counter()
         a = lo.tpm_normalization(a, cfg["organism"], from_layer="counts", to_layer="tpm")
@@ -217,6 +220,8 @@ def _maxdiff(x, y, rel=False):
 
 
 def compare(name: str, adata, cfg: dict, with_spared: bool, moran_perms=1000):
+    import spared_lib.preprocessing as pp
+
     print(f"\n=== {name}: {adata.n_obs:,} spots x {adata.n_vars:,} genes, "
           f"{adata.obs['slide_id'].nunique()} slide(s) ===", flush=True)
     t = time.perf_counter()
@@ -230,32 +235,48 @@ def compare(name: str, adata, cfg: dict, with_spared: bool, moran_perms=1000):
     total_theirs = time.perf_counter() - t
     perms = "its 1000 Moran permutations" if moran_perms == 1000 else f"Moran permutations cut from 1000 to {moran_perms}"
     print(f"spared 2.2.1: {total_theirs:.2f} s (with {perms})", flush=True)
+
+    # 1. the filter
+    f = pp.filter_spots_and_genes(adata, cfg["cell_min_counts"], real_data_percentage=cfg["real_data_percentage"])
+    A, B = set(f.var_names), set(theirs["filtered_genes"])
+    same_filter = A == B and list(f.obs_names) == theirs["filtered_spots"]
+    print(f"filter: ours {len(A)} genes / {f.n_obs} spots, spared {len(B)} genes / {len(theirs['filtered_spots'])} "
+          f"spots; identical: {same_filter}")
+    if A != B:
+        ef = f.var["exp_frac"]
+        print(f"  only ours: {sorted(A - B)}; only spared: {sorted(B - A)}; exp_frac at the cut: {ef.min():.6f} "
+              f"(spared sorts with an unstable quicksort, so ties at the cut are kept in an arbitrary order)")
+    # 2. the final genes of the whole pipeline
     same = theirs["genes"] == ours["genes"]
-    common = [g for g in ours["genes"] if g in set(theirs["genes"])]
-    print(f"selected genes identical (same order): {same}; overlap {len(common)}/{len(ours['genes'])}")
-    if not same:
-        print(f"  only ours: {sorted(set(ours['genes']) - set(theirs['genes']))[:10]}")
-        print(f"  only spared: {sorted(set(theirs['genes']) - set(ours['genes']))[:10]}")
-    print(f"  first genes (ours):   {ours['genes'][:8]}")
-    print(f"  first genes (spared): {theirs['genes'][:8]}")
+    print(f"selected genes, whole pipeline: identical (same order): {same}; "
+          f"overlap {len(set(ours['genes']) & set(theirs['genes']))}/{len(ours['genes'])}")
+    # 3. every later step on the same input: ours run on spared's filtered spots and genes
+    sub = adata[theirs["filtered_spots"], theirs["filtered_genes"]].copy()
+    cfg_same = dict(cfg, real_data_percentage=1e-12)  # keep all of spared's genes
+    same_in, _ = run_ours(sub, cfg_same)
+    same_genes = same_in["genes"] == theirs["genes"]
+    print(f"on spared's filtered input: selected genes identical (same order): {same_genes}")
+    if not same_genes:
+        print(f"  ours:   {same_in['genes'][:10]}\n  spared: {theirs['genes'][:10]}")
+    pos = {g: i for i, g in enumerate(theirs["genes"])}
+    common = [g for g in same_in["genes"] if g in pos]
+    ti = [pos[g] for g in common]
+    oi = [same_in["genes"].index(g) for g in common]
     rows = []
-    # full-gene layers before the Moran selection (aligned by gene id)
-    import spared_lib.preprocessing as pp  # noqa: F401
+    full = _full_layers(sub, cfg_same)
     for layer in ("tpm", "log1p", "d_log1p"):
         genes_t, arr_t = theirs["full"][layer]
-        rows.append((f"{layer} (all filtered genes)", _maxdiff(
-            *_aligned(ours, layer, genes_t, arr_t, adata, cfg), rel=layer == "tpm"), layer == "tpm"))
-    pos = {g: i for i, g in enumerate(theirs["genes"])}
-    idx = [pos[g] for g in common]
-    oi = [ours["genes"].index(g) for g in common]
-    rows.append(("d_log1p_moran", _maxdiff(ours["moran"][oi], theirs["moran"][idx]), False))
+        p = {g: i for i, g in enumerate(full.var_names)}
+        rows.append((f"{layer} (all {len(genes_t)} filtered genes)",
+                     _maxdiff(full.layers[layer][:, [p[g] for g in genes_t]], arr_t, rel=layer == "tpm"), layer == "tpm"))
+    rows.append(("d_log1p_moran", _maxdiff(same_in["moran"][oi], theirs["moran"][ti]), False))
     for layer in ("counts", "tpm", "log1p", "d_log1p", "c_log1p", "c_d_log1p", "deltas", "d_deltas",
                   "c_deltas", "c_d_deltas", "mask"):
         rel = layer == "tpm"
-        rows.append((layer, _maxdiff(ours["layers"][layer][:, oi], theirs["layers"][layer][:, idx], rel), rel))
-    print(f"{'output':34s} {'max |diff|':>12s}")
+        rows.append((layer, _maxdiff(same_in["layers"][layer][:, oi], theirs["layers"][layer][:, ti], rel), rel))
+    print(f"{'output (same input)':40s} {'max |diff|':>12s}")
     for k, v, rel in rows:
-        print(f"{k:34s} {v:12.3g}{'  (relative)' if rel else ''}")
+        print(f"{k:40s} {v:12.3g}{'  (relative)' if rel else ''}")
     if "combat_note" in theirs:
         print("  note:", theirs["combat_note"])
     print(f"{'step':18s} {'spared s':>10s} {'ours s':>10s} {'speed-up':>10s}")
@@ -263,29 +284,18 @@ def compare(name: str, adata, cfg: dict, with_spared: bool, moran_perms=1000):
         o = t_ours.get(k, np.nan)
         print(f"{k:18s} {t_theirs[k]:10.2f} {o:10.3f} {t_theirs[k] / o:10.1f}x")
     print(f"{'total':18s} {total_theirs:10.2f} {total_ours:10.3f} {total_theirs / total_ours:10.1f}x", flush=True)
-    return {"ours_s": total_ours, "spared_s": total_theirs, "same_genes": same, "spared_moran_perms": moran_perms,
+    return {"ours_s": total_ours, "spared_s": total_theirs, "same_filter": same_filter, "same_genes": same,
+            "same_genes_same_input": same_genes, "spared_moran_perms": moran_perms,
             "max_diff": {k: v for k, v, _ in rows}, "steps_ours": t_ours, "steps_spared": t_theirs}
 
 
-_FULL_CACHE: dict = {}
+def _full_layers(adata, cfg):
+    """Our tpm / log1p / d_log1p on all filtered genes (before the Moran selection)."""
+    import spared_lib.preprocessing as pp
 
-
-def _aligned(ours, layer, genes_t, arr_t, adata, cfg):
-    """Our full-gene layer (before the Moran selection), on spared's genes and spots."""
-    key = id(adata)
-    if key not in _FULL_CACHE:
-        import spared_lib.preprocessing as pp
-
-        f = pp.filter_spots_and_genes(adata, cfg["cell_min_counts"], real_data_percentage=cfg["real_data_percentage"])
-        t = pp.log1p(pp.tpm(f, organism=cfg["organism"]))
-        pp.adaptive_median(t, grid=cfg["grid"])
-        _FULL_CACHE[key] = t
-    t = _FULL_CACHE[key]
-    common = [g for g in genes_t if g in set(t.var_names)]
-    if len(common) != len(genes_t) or len(common) != t.n_vars:
-        print(f"  {layer}: gene sets differ before Moran (ours {t.n_vars}, spared {len(genes_t)}, common {len(common)})")
-    pos = {g: i for i, g in enumerate(genes_t)}
-    return t[:, common].layers[layer], arr_t[:, [pos[g] for g in common]]
+    f = pp.filter_spots_and_genes(adata, cfg["cell_min_counts"], real_data_percentage=cfg["real_data_percentage"])
+    t = pp.log1p(pp.tpm(f, organism=cfg["organism"]))
+    return pp.adaptive_median(t, grid=cfg["grid"])
 
 
 # --------------------------------------------------------------------------- memory

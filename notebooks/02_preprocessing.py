@@ -59,6 +59,7 @@ from spared_lib import data, plotting
 from spared_lib import preprocessing as pp
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=SyntaxWarning)  # docrep, imported by squidpy
 
 # %% [markdown]
 # ## The data
