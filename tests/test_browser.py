@@ -1,0 +1,312 @@
+"""The built book in a real headless browser (Debian chromium), and its internal links.
+
+Chromium is started by the test with a fresh profile and driven over the Chrome DevTools protocol
+(a websocket, through tornado, which the Jupyter kernel already needs); the book is served from
+``_build/html`` on 127.0.0.1. For every page of ``_toc.yml``: it loads, shows its title, every
+local image decodes (``naturalWidth > 0``), no error output is shown, notebook pages show a figure
+and a Colab button for their own ``.ipynb``, and the "next" links lead from the first page to the
+last in table-of-contents order. External resources (the MathJax and widget CDNs) are unreachable
+here and are not counted as failures. Screenshots go to ``_build/browser/``.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import book  # noqa: E402
+import linkcheck  # noqa: E402
+
+ARTEFACTS = book.BUILD / "browser"
+SCREENSHOTS = ("book/intro", "notebooks/00_quickstart", "notebooks/07_your_own_data", "notebooks/06_benchmark")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,1000",
+                  "--remote-allow-origins=*", "--remote-debugging-port=0"]
+
+# Everything the test needs to know about a page, read in the page itself after its load event.
+PAGE_PROBE = r"""
+(() => {
+  const local = (u) => { try { return new URL(u, location.href).origin === location.origin; } catch (e) { return false; } };
+  const h1 = document.querySelector("main h1, article h1, h1");
+  const heading = h1 ? Array.from(h1.childNodes).filter(n => !(n.classList && n.classList.contains("headerlink")))
+                        .map(n => n.textContent).join("").trim() : "";
+  const images = Array.from(document.images).map(img => ({
+      src: img.currentSrc || img.src, local: local(img.currentSrc || img.src),
+      complete: img.complete, width: img.naturalWidth}));
+  const errors = document.querySelectorAll(".cell_output .traceback, .cell_output .output.error, .output_error");
+  const next = document.querySelector("a.right-next");
+  return JSON.stringify({
+    title: document.title, heading: heading, images: images,
+    errorOutputs: errors.length,
+    tracebackText: document.body.innerText.includes("Traceback (most recent call last)"),
+    colab: Array.from(document.querySelectorAll('a[href*="colab.research.google.com"]')).map(a => a.href),
+    next: next ? next.href : null,
+    cellOutputs: document.querySelectorAll(".cell_output").length,
+  });
+})()
+"""
+
+
+def _chromium() -> str | None:
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client on one page target (commands and events)."""
+
+    def __init__(self, ws_url: str):
+        from tornado.ioloop import IOLoop
+        from tornado.websocket import websocket_connect
+
+        self.loop = IOLoop(make_current=False)
+        self.conn = self.loop.run_sync(lambda: websocket_connect(ws_url, max_message_size=256 * 2**20),
+                                       timeout=30)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def _read(self, timeout: float) -> dict:
+        message = self.loop.run_sync(self.conn.read_message, timeout=timeout)
+        if message is None:
+            raise ConnectionError("chromium closed the DevTools connection")
+        return json.loads(message)
+
+    def call(self, method: str, timeout: float = 60, **params) -> dict:
+        self.next_id += 1
+        msg_id = self.next_id
+        self.loop.run_sync(lambda: self.conn.write_message(json.dumps(
+            {"id": msg_id, "method": method, "params": params})), timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(max(deadline - time.monotonic(), 0.1))
+            if reply.get("id") == msg_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, timeout: float = 60) -> dict:
+        for i, event in enumerate(self.events):
+            if event.get("method") == method:
+                return self.events.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._read(max(deadline - time.monotonic(), 0.1))
+            if event.get("method") == method:
+                return event
+            self.events.append(event)
+
+    def close(self):
+        self.conn.close()
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def built_book() -> Path:
+    """``_build/html``, rebuilt only when a source is newer than it (tests/test_book.py builds it first)."""
+    index = book.BUILD / "html" / "index.html"
+    sources = [REPO / "_config.yml", REPO / "_toc.yml", *(REPO / "book").iterdir()]
+    stale = [py for py in book.toc_notebooks()
+             if not (book.EXECUTED / "notebooks" / f"{py.stem}.ipynb").exists()
+             or (book.EXECUTED / "notebooks" / f"{py.stem}.ipynb").stat().st_mtime < py.stat().st_mtime]
+    if stale:
+        book.execute(stale, fast=True)
+    sources += [book.EXECUTED / "notebooks" / f"{py.stem}.ipynb" for py in book.toc_notebooks()]
+    if not index.exists() or any(s.stat().st_mtime > index.stat().st_mtime for s in sources):
+        book.build()
+    return index.parent
+
+
+@pytest.fixture(scope="module")
+def server(built_book):
+    handler = functools.partial(_QuietHandler, directory=str(built_book))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); "
+                    "the browser check of the built book needs it")
+    profile = Path(tempfile.mkdtemp(prefix="spared-chromium-"))
+    proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            if proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("chromium did not open its DevTools port within 60 s")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as resp:
+            targets = json.load(resp)
+        page = next(t for t in targets if t.get("type") == "page")
+        devtools = DevTools(page["webSocketDebuggerUrl"])
+        devtools.call("Page.enable")
+        devtools.call("Runtime.enable")
+        yield devtools
+        devtools.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _expected_title(entry: str) -> str:
+    """The first heading of a page's source, as the browser shows it (no markdown marks)."""
+    md = REPO / f"{entry}.md"
+    if md.exists():
+        text = md.read_text()
+    else:
+        import jupytext
+
+        nb = jupytext.read(REPO / f"{entry}.py")
+        text = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    heading = next(line for line in text.splitlines() if line.startswith("# "))[2:]
+    return re.sub(r"[*`]", "", heading).strip()
+
+
+def _visit(browser: DevTools, url: str) -> dict:
+    browser.events.clear()
+    browser.call("Page.navigate", url=url)
+    browser.wait_event("Page.loadEventFired", timeout=90)
+    result = browser.call("Runtime.evaluate", expression=PAGE_PROBE, returnByValue=True)
+    return json.loads(result["result"]["value"])
+
+
+@pytest.fixture(scope="module")
+def visited(browser, server):
+    """Every page of the table of contents, visited once: entry → what the probe saw."""
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    pages = {}
+    for entry in book.toc_entries():
+        path = "index.html" if entry == toc_root() else f"{entry}.html"
+        pages[entry] = _visit(browser, f"{server}/{path}")
+        pages[entry]["url"] = f"{server}/{path}"
+        if entry in SCREENSHOTS or entry == toc_root():
+            shot = browser.call("Page.captureScreenshot", format="png")
+            name = "index" if entry == toc_root() else entry.replace("/", "_")
+            (ARTEFACTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+    (ARTEFACTS / "pages.json").write_text(json.dumps(pages, indent=1))
+    return pages
+
+
+def toc_root() -> str:
+    return yaml.safe_load((REPO / "_toc.yml").read_text())["root"]
+
+
+@pytest.mark.book
+def test_every_page_loads_with_its_title(visited):
+    for entry, page in visited.items():
+        expected = _expected_title(entry)
+        assert expected in page["heading"], f"{entry}: heading {page['heading']!r}, expected {expected!r}"
+        unnumbered = re.sub(r"^\d+(\.\d+)*\.?\s+", "", page["heading"])
+        assert page["title"].startswith(unnumbered), \
+            f"{entry}: <title> {page['title']!r} does not start with the heading {page['heading']!r}"
+
+
+@pytest.mark.book
+def test_every_local_image_is_shown(visited):
+    for entry, page in visited.items():
+        broken = [img["src"] for img in page["images"] if img["local"] and not (img["complete"] and img["width"] > 0)]
+        assert not broken, f"{entry}: images that did not load: {broken}"
+        if entry.startswith("notebooks/"):
+            figures = [img for img in page["images"] if img["local"] and "/_images/" in img["src"] and img["width"] > 0]
+            assert figures, f"{entry}: a chapter without a figure"
+
+
+@pytest.mark.book
+def test_no_error_outputs(visited):
+    for entry, page in visited.items():
+        assert page["errorOutputs"] == 0 and not page["tracebackText"], f"{entry}: an error output is shown"
+
+
+@pytest.mark.book
+def test_colab_buttons_point_at_the_pages_own_notebook(visited):
+    cfg = yaml.safe_load((REPO / "_config.yml").read_text())
+    repo = cfg["repository"]["url"].removeprefix("https://github.com/")
+    branch = cfg["repository"]["branch"]
+    for entry, page in visited.items():
+        if not entry.startswith("notebooks/"):
+            continue
+        assert page["colab"], f"{entry}: no Colab launch button"
+        want = f"https://colab.research.google.com/github/{repo}/blob/{branch}/{entry}.ipynb"
+        assert set(page["colab"]) == {want}, f"{entry}: Colab button points at {page['colab']}, not {want}"
+        assert (REPO / f"{entry}.ipynb").exists(), f"{entry}.ipynb, the Colab target, is not in the repository"
+
+
+@pytest.mark.book
+def test_next_links_walk_the_table_of_contents_in_order(visited, server):
+    """A reader can go from the introduction to the last chapter by pressing "next"."""
+    entries = book.toc_entries()
+    for here, there in zip(entries, entries[1:]):
+        target = "index.html" if there == toc_root() else f"{there}.html"
+        assert visited[here]["next"] == f"{server}/{target}", \
+            f"'next' on {here} leads to {visited[here]['next']}, expected {target}"
+
+
+@pytest.mark.book
+def test_screenshots_were_taken(visited):
+    shots = sorted(ARTEFACTS.glob("*.png"))
+    assert len(shots) >= 2, shots
+    for shot in shots:
+        data = shot.read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000, f"{shot.name}: not a real screenshot"
+
+
+@pytest.mark.book
+def test_internal_links_resolve(built_book):
+    problems = linkcheck.internal_problems(built_book)
+    assert not problems, "broken internal links:\n" + "\n".join(problems[:30])
+
+
+def test_linkcheck_finds_broken_links_and_anchors(tmp_path):
+    """The checker itself, on a hand-made site: one good link, a missing file, a missing anchor."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "index.html").write_text(
+        '<a href="sub/page.html#here">ok</a>\n<a href="missing.html">x</a>\n'
+        '<a href="sub/page.html#nowhere">y</a>\n<a href="https://example.org/a#b">ext</a>\n'
+        '<img src="sub/">\n<a href="mailto:a@b.c">m</a>')
+    (tmp_path / "sub" / "page.html").write_text('<h1 id="here">t</h1><a href="../index.html#">up</a>')
+    (tmp_path / "sub" / "index.html").write_text("<p>folder index</p>")
+    problems = linkcheck.internal_problems(tmp_path)
+    assert len(problems) == 2, problems
+    assert "index.html:2: missing.html (no file missing.html)" in problems[0]
+    assert "no anchor #nowhere in sub/page.html" in problems[1]
+    assert linkcheck.external_links(tmp_path) == {"https://example.org/a": ["index.html"]}
