@@ -252,7 +252,8 @@ def compare(name: str, adata, cfg: dict, with_spared: bool, moran_perms=1000):
           f"overlap {len(set(ours['genes']) & set(theirs['genes']))}/{len(ours['genes'])}")
     # 3. every later step on the same input: ours run on spared's filtered spots and genes
     sub = adata[theirs["filtered_spots"], theirs["filtered_genes"]].copy()
-    cfg_same = dict(cfg, real_data_percentage=1e-12)  # keep all of spared's genes
+    # keep all of spared's spots and genes (spot totals over the kept genes may be below cell_min_counts)
+    cfg_same = dict(cfg, real_data_percentage=1e-12, cell_min_counts=-1)
     same_in, _ = run_ours(sub, cfg_same)
     same_genes = same_in["genes"] == theirs["genes"]
     print(f"on spared's filtered input: selected genes identical (same order): {same_genes}")
@@ -336,6 +337,9 @@ def main() -> None:
                     help="permutations for spared's Moran's I on the synthetic data (original: 1000; default none)")
     ap.add_argument("--memory-spots", type=int, default=40_000)
     ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "preprocess_vs_spared.json")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--setup", type=Path, nargs="?", const=REPO / "benchmarks" / ".venv-spared",
                     help="create a venv for spared at this path (default benchmarks/.venv-spared)")
@@ -355,31 +359,39 @@ def main() -> None:
         print(f"spared {md.version('spared')} imported from {sys.prefix}")
     results = {}
     base = dict(cell_min_counts=10, grid="hex", combat_key="slide_id", real_data_percentage=0.7)
-    a = real_slide()
-    results["visium_mouse_cytassist"] = compare("visium_mouse_cytassist (real)", a,
-                                                dict(base, organism="mouse", n_genes=128, real_data_percentage=0.3),
-                                                reason is None)
+    if not args.skip_real:
+        a = real_slide()
+        results["visium_mouse_cytassist"] = compare("visium_mouse_cytassist (real)", a,
+                                                    dict(base, organism="mouse", n_genes=128, real_data_percentage=0.3),
+                                                    reason is None)
     if not args.skip_synthetic:
         n_slides = int(np.ceil(args.spots / 4500))
         s = synthetic(n_slides, spots_per_slide=args.spots // n_slides, n_genes=args.genes)
         results["synthetic"] = compare(f"synthetic ({n_slides} slides)", s,
                                        dict(base, organism="human", n_genes=128), reason is None,
                                        moran_perms=args.synthetic_moran_perms)
-    print(f"\n=== memory: ours on {args.memory_spots:,} synthetic spots (separate process) ===", flush=True)
-    proc = subprocess.run([sys.executable, __file__, "--memory-child", str(args.memory_spots)],
+    if not args.skip_memory:
+        results.update(_memory(args.memory_spots))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    old.update(results)  # runs of parts (--skip-*) add to the same file
+    args.out.write_text(json.dumps(old, indent=1, default=float))
+
+
+def _memory(n_spots: int) -> dict:
+    print(f"\n=== memory: ours on {n_spots:,} synthetic spots (separate process) ===", flush=True)
+    proc = subprocess.run([sys.executable, __file__, "--memory-child", str(n_spots)],
                           capture_output=True, text=True)
     line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode or not line:
         print("memory run failed:", proc.stderr[-2000:])
+        return {}
     else:
         m = json.loads(line[-1])
         print(f"{m['n_spots']:,} spots x {m['n_genes_in']:,} genes ({m['n_genes_filtered']:,} after filtering): "
               f"{m['seconds']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB (input data and imports: "
               f"{m['rss_before_gb']:.2f} GB); target < 8 GB: {'met' if m['peak_rss_gb'] < 8 else 'NOT met'}")
-        results["memory"] = m
-    out = REPO / "benchmarks" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "preprocess_vs_spared.json").write_text(json.dumps(results, indent=1, default=float))
+        return {"memory": m}
 
 
 if __name__ == "__main__":
