@@ -255,7 +255,7 @@ top, bottom = ranked.var_names[0], ranked.var_names[-1]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
 for ax, g, label in zip(axes, (top, bottom), ("highest", "lowest")):
     plotting.spatial_scatter(ranked, g, slide_id=slide0, layer="d_log1p", ax=ax,
-                             title=f"{NAME} — {slide0}: {ranked.var.loc[g, 'gene_symbol']}, {label} "
+                             title=f"{NAME} — {slide0}\n{ranked.var.loc[g, 'gene_symbol']}: {label} "
                                    f"Moran's I = {ranked.var.loc[g, 'd_log1p_moran']:.2f}")
     ax.set(xlabel="", ylabel="")
 

@@ -63,9 +63,8 @@ def preprocess(adata, dataset=None, *, method: str = "original", dtype=np.float3
     from tqdm.auto import tqdm
 
     cfg = resolve_config(dataset, adata, **overrides)
-    for col in ("split",):
-        if col not in adata.obs:
-            raise KeyError(f"preprocess: adata.obs has no column {col!r}")
+    if "split" not in adata.obs:
+        raise KeyError("preprocess: adata.obs has no column 'split' (train/val/test, needed for Δ)")
     timings: dict[str, float] = {}
     bar = tqdm(total=8, desc="preprocess", disable=not progress)
 
@@ -149,7 +148,5 @@ def preprocess(adata, dataset=None, *, method: str = "original", dtype=np.float3
         moran_ranked=np.sort(np.where(np.isnan(moran), -np.inf, moran))[::-1],
         missing_fraction=float(1 - out.layers["mask"].mean()),
         timings_s=timings)
-    out.uns.pop("filter", None)
-    out.uns.pop("filter_curve", None)
-    out.uns["filter_curve"] = f.uns["filter_curve"]
+    out.uns.pop("filter", None)  # now inside uns['preprocessing']
     return out
