@@ -34,7 +34,7 @@ import book  # noqa: E402
 import linkcheck  # noqa: E402
 
 ARTEFACTS = book.BUILD / "browser"
-SCREENSHOTS = ("book/intro", "notebooks/00_quickstart", "notebooks/07_your_own_data", "notebooks/06_benchmark")
+SCREENSHOTS = ("notebooks/00_quickstart", "notebooks/07_your_own_data", "notebooks/06_benchmark")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,1000",
@@ -207,6 +207,8 @@ def _visit(browser: DevTools, url: str) -> dict:
     browser.call("Page.navigate", url=url)
     browser.wait_event("Page.loadEventFired", timeout=90)
     result = browser.call("Runtime.evaluate", expression=PAGE_PROBE, returnByValue=True)
+    if "exceptionDetails" in result:
+        raise AssertionError(f"{url}: the page probe failed: {result['result'].get('description')}")
     return json.loads(result["result"]["value"])
 
 
@@ -216,13 +218,11 @@ def visited(browser, server):
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     pages = {}
     for entry in book.toc_entries():
-        path = "index.html" if entry == toc_root() else f"{entry}.html"
-        pages[entry] = _visit(browser, f"{server}/{path}")
-        pages[entry]["url"] = f"{server}/{path}"
+        pages[entry] = _visit(browser, f"{server}/{entry}.html")
+        pages[entry]["url"] = f"{server}/{entry}.html"
         if entry in SCREENSHOTS or entry == toc_root():
             shot = browser.call("Page.captureScreenshot", format="png")
-            name = "index" if entry == toc_root() else entry.replace("/", "_")
-            (ARTEFACTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+            (ARTEFACTS / f"{entry.replace('/', '_')}.png").write_bytes(base64.b64decode(shot["data"]))
     (ARTEFACTS / "pages.json").write_text(json.dumps(pages, indent=1))
     return pages
 
@@ -236,8 +236,10 @@ def test_every_page_loads_with_its_title(visited):
     for entry, page in visited.items():
         expected = _expected_title(entry)
         assert expected in page["heading"], f"{entry}: heading {page['heading']!r}, expected {expected!r}"
-        unnumbered = re.sub(r"^\d+(\.\d+)*\.?\s+", "", page["heading"])
-        assert page["title"].startswith(unnumbered), \
+        def unnumbered(text):  # numbered parts prefix "3. " or "3.1. " to titles
+            return re.sub(r"^\d+(\.\d+)*\.?\s+", "", text)
+
+        assert unnumbered(page["title"]).startswith(unnumbered(page["heading"])), \
             f"{entry}: <title> {page['title']!r} does not start with the heading {page['heading']!r}"
 
 
@@ -276,9 +278,9 @@ def test_next_links_walk_the_table_of_contents_in_order(visited, server):
     """A reader can go from the introduction to the last chapter by pressing "next"."""
     entries = book.toc_entries()
     for here, there in zip(entries, entries[1:]):
-        target = "index.html" if there == toc_root() else f"{there}.html"
-        assert visited[here]["next"] == f"{server}/{target}", \
-            f"'next' on {here} leads to {visited[here]['next']}, expected {target}"
+        assert visited[here]["next"] == f"{server}/{there}.html", \
+            f"'next' on {here} leads to {visited[here]['next']}, expected {there}.html"
+    assert visited[entries[-1]]["next"] is None, "the last page has a 'next' link"
 
 
 @pytest.mark.book
