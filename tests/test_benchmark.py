@@ -88,6 +88,20 @@ def test_search_then_final_selects_lowest_validation_mse(tmp_path):
     assert list(table.columns) == COLUMNS
 
 
+def test_rows_of_an_earlier_grid_do_not_take_part(tmp_path):
+    run_benchmark({"toy": DATA["toy"]}, ["shufflenet"], "raw", tmp_path, lrs=LRS, steps=5, fit_fn=FakeFit(),
+                  progress=False)
+    # narrowing the grid to points that exclude the optimum (1e-4) must not pick the old 1e-4 row
+    table = run_benchmark({"toy": DATA["toy"]}, ["shufflenet"], "raw", tmp_path, lrs=[1e-3, 1e-2], steps=5,
+                          fit_fn=FakeFit(), progress=False)
+    assert select_lr(table, "toy", "shufflenet", "raw", lrs=[1e-3, 1e-2], steps=5) == 1e-3
+    assert select_lr(table, "toy", "shufflenet", "raw") == 1e-4
+    assert 1e-3 in set(table[table.stage == "final"].lr)
+    assert select_lr(table, "toy", "shufflenet", "raw", steps=6) is None
+    res = final_results(table)
+    assert len(res) == 1 and res.lr.iloc[0] == 1e-3
+
+
 def test_seeds_and_search_steps_need_new_final_runs(tmp_path):
     fit = FakeFit()
     table = run_benchmark({"toy": DATA["toy"]}, ["shufflenet"], "raw", tmp_path, lrs=LRS, steps=20,

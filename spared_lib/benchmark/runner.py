@@ -81,9 +81,13 @@ def run_cell(cell: Cell, adata, patches, fit_fn: Callable, fit_kwargs: Mapping, 
         return failed_row(cell, err, time.perf_counter() - t0)
 
 
-def select_lr(table: pd.DataFrame, dataset: str, model: str, target: str, seed: int | None = None) -> float | None:
+def select_lr(table: pd.DataFrame, dataset: str, model: str, target: str, seed: int | None = None,
+              lrs: Sequence[float] | None = None, steps: int | None = None) -> float | None:
     """Learning rate with the lowest validation MSE among the finished search runs
     of one block (ties: the smaller learning rate); ``None`` when none finished.
+
+    ``seed``, ``lrs`` and ``steps`` restrict the candidates to the current grid, so
+    search rows left in the table by an earlier, different grid do not take part.
 
     Defined in ``notebooks/06_benchmark.py``.
     """
@@ -91,6 +95,10 @@ def select_lr(table: pd.DataFrame, dataset: str, model: str, target: str, seed: 
                  & (table["model"] == model) & (table["target"] == target)]
     if seed is not None:
         rows = rows[rows["seed"] == seed]
+    if lrs is not None:
+        rows = rows[rows["lr"].isin([round_lr(v) for v in lrs])]
+    if steps is not None:
+        rows = rows[rows["steps"] == steps]
     rows = rows[np.isfinite(rows["best_val_mse"].astype(float))]
     if rows.empty:
         return None
@@ -227,7 +235,7 @@ def run_benchmark(datasets: Iterable[str] | Mapping[str, tuple], models: Sequenc
         finals = []
         for model in models:
             for target in targets:
-                lr = select_lr(table, name, model, search_target or target, seeds[0])
+                lr = select_lr(table, name, model, search_target or target, seeds[0], lrs, search_steps)
                 if lr is None:
                     warnings.warn(f"benchmark: no finished search run for {name}/{model}/"
                                   f"{search_target or target}; its final runs are skipped")
@@ -303,9 +311,13 @@ def _now() -> str:
 def final_results(table: pd.DataFrame) -> pd.DataFrame:
     """Finished final runs averaged over seeds: one row per (dataset, model, target).
 
+    Where a folder holds final runs from several grids, the latest run of each seed counts.
+
     Defined in ``notebooks/06_benchmark.py``.
     """
     rows = table[(table["stage"] == "final") & (table["status"] == "ok")]
+    # a later grid may have chosen another learning rate: the latest final run of a seed wins
+    rows = rows.drop_duplicates(["dataset", "model", "target", "seed"], keep="last")
     num = ["lr", *METRICS, "best_val_mse", "n_params", "wall_time_s"]
     agg = rows.groupby(["dataset", "model", "target"], sort=False)
     res = agg[num].mean()
