@@ -457,7 +457,8 @@ if bench.is_file():
     results = json.loads(bench.read_text())
     rows = {name: {"ours (s)": r.get("ours_s"), "spared (s)": r.get("spared_s"),
                    "speed-up": (r["spared_s"] / r["ours_s"]) if r.get("spared_s") else None,
-                   "same genes": r.get("same_genes"),
+                   "same filter": r.get("same_filter"),
+                   "same genes (same input)": r.get("same_genes_same_input"),
                    **{f"max |Δ| {k}": v for k, v in r.get("max_diff", {}).items()
                       if k in ("log1p", "d_log1p", "c_d_log1p", "d_log1p_moran")}}
             for name, r in results.items() if name != "memory"}
