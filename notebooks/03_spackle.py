@@ -43,7 +43,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 DATASET = "10xgenomic_mouse_brain_sagittal_posterior"
 FAST = False
-N_SPOTS = 2000            # spots per synthetic slide (only for DATASET = "synthetic")
+N_SPOTS = 2000            # spots per synthetic slide (only for the synthetic dataset)
 STEPS = 10000             # SpaCKLE training steps (paper: 10,000)
 COMPARE_STEPS = 2000      # steps of each run in the train/inference-mismatch study
 BATCH_SIZE = 256
@@ -283,11 +283,11 @@ fig = plotting.qualitative_panel(adata, adata.var_names[gene_i], qual, slide, LA
 # %% [markdown]
 # ## Exercises
 #
-# 1. Retrain SpaCKLE with `n_heads=4` (pass it to `train_spackle`). Does the validation MSE change?
-# 2. Give SME no morphology (`morphology=None`) and, separately, drop the spot itself from its top
-#    neighbours (`completion.sme_complete(..., include_self=False)`). Which change helps SME more?
+# ```{admonition} Exercise 1
+# Retrain SpaCKLE with `n_heads=4` (pass it to `train_spackle`). Does the validation MSE change?
+# ```
 #
-# ````{dropdown} Solution 1
+# ````{dropdown} Solution
 # ```python
 # m4, h4 = completion.train_spackle(adata, steps=COMPARE_STEPS, n_heads=4, **size)
 # print(m4.meta["best_val_mse"], runs["zeroed"][0].meta["best_val_mse"])
@@ -296,7 +296,12 @@ fig = plotting.qualitative_panel(adata, adata.var_names[gene_i], qual, slide, LA
 # subspaces; on small datasets the difference is within seed noise.
 # ````
 #
-# ````{dropdown} Solution 2
+# ```{admonition} Exercise 2
+# Give SME no morphology (`morphology=None`) and, separately, drop the spot itself from its top
+# neighbours (`completion.sme_complete(..., include_self=False)`). Which change helps SME more?
+# ```
+#
+# ````{dropdown} Solution
 # ```python
 # hidden = completion.random_observed_mask(m, 0.3, seed=0)
 # vis = m & ~hidden

@@ -59,7 +59,7 @@ def test_notebook_skeleton(py):
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "What you need" in text, f"{py.name}: no 'What you need' (compute needs) box"
     assert len(re.findall(r"\{admonition\} Exercise", text)) >= 2, f"{py.name}: fewer than two exercises"
-    assert text.count("{dropdown} Solution") >= 2, f"{py.name}: exercises need dropdown solutions"
+    assert len(re.findall(r"\{dropdown\} Solution", text)) >= 2, f"{py.name}: exercises need dropdown solutions"
     assert re.search(r"^## Summary", text, re.M), f"{py.name}: no Summary section"
 
     install = [c for c in nb.cells if c.cell_type == "code" and "google.colab" in c.source]
