@@ -1,5 +1,6 @@
 """The model registry and the patch models (ShuffleNet, ViT-B, ViT-B+Δ, ST-Net) and their weights."""
 import hashlib
+import importlib
 import importlib.util
 import socket
 
@@ -30,6 +31,10 @@ def test_registry_lists_the_ten_models():
         build_model("resnet", 32)
     with pytest.raises(ValueError, match="size"):
         build_model("shufflenet", 32, size="tiny")
+    for name, entry in MODELS.items():  # registry counts agree with the modules' own accounting
+        module = importlib.import_module(entry.module)
+        if hasattr(module, "original_n_params"):
+            assert module.original_n_params(128) == entry.original_params, name
 
 
 def test_registered_modules_exist_or_raise_a_clear_import_error(monkeypatch):

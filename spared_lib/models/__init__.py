@@ -25,7 +25,7 @@ class ModelEntry:
         Name used in the paper's tables and figures.
     original_params
         Trainable parameters of the original configuration with G = 128 genes (the x axis
-        of the paper's Fig. 4b), or ``None`` where not yet established.
+        of the paper's Fig. 4b).
     lr
         Default learning rate of :func:`spared_lib.training.fit`. The paper searched a
         learning rate per dataset and did not publish them; these defaults are ours.
@@ -37,16 +37,17 @@ class ModelEntry:
     lr: float
 
 
-# Patch-model counts are those of the torchvision architectures with a Linear(D, 128)
-# head (tests/test_models_patch.py rebuilds them); the others are filled in with their modules.
+# Patch-model counts are those of the torchvision architectures with a Linear(D, 128) head;
+# the others are their modules' ``original_n_params(128)``, written out from the original
+# code's configuration (tests/test_models_patch.py checks both).
 MODELS: dict[str, ModelEntry] = {
     "stnet": ModelEntry("spared_lib.models.patch", "ST-Net", 7_085_056, 1e-3),
-    "histogene": ModelEntry("spared_lib.models.histogene", "HisToGene", None, 1e-5),
-    "hist2st": ModelEntry("spared_lib.models.hist2st", "Hist2ST", None, 1e-5),
-    "egn": ModelEntry("spared_lib.models.egn", "EGN", None, 1e-4),
-    "eggn": ModelEntry("spared_lib.models.eggn", "EGGN", None, 1e-4),
-    "bleep": ModelEntry("spared_lib.models.bleep", "BLEEP", None, 1e-4),
-    "sepal": ModelEntry("spared_lib.models.sepal", "SEPAL", None, 1e-4),
+    "histogene": ModelEntry("spared_lib.models.histogene", "HisToGene", 221_711_488, 1e-5),
+    "hist2st": ModelEntry("spared_lib.models.hist2st", "Hist2ST", 892_660_677, 1e-5),
+    "egn": ModelEntry("spared_lib.models.egn", "EGN", 132_856_960, 1e-4),
+    "eggn": ModelEntry("spared_lib.models.eggn", "EGGN", 11_089_537, 1e-4),
+    "bleep": ModelEntry("spared_lib.models.bleep", "BLEEP", 24_198_208, 1e-4),
+    "sepal": ModelEntry("spared_lib.models.sepal", "SEPAL", 86_209_665, 1e-4),
     "shufflenet": ModelEntry("spared_lib.models.patch", "ShuffleNet", 472_992, 1e-3),
     "vit_b": ModelEntry("spared_lib.models.patch", "ViT-B", 85_897_088, 1e-4),
     "vit_b_delta": ModelEntry("spared_lib.models.patch", "ViT-B+Δ", 85_897_088, 1e-4),
