@@ -321,11 +321,19 @@ def memory_child(n_spots: int) -> None:
 
     n_slides = int(np.ceil(n_spots / 4500))
     a = synthetic(n_slides, spots_per_slide=n_spots // n_slides)
+    import tracemalloc
+
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    pp.preprocess(a[:1500].copy(), n_genes=8)  # imports first: their memory is not the pipeline's
+    tracemalloc.start()  # NumPy reports its buffers to tracemalloc: the pipeline's own peak
     t = time.perf_counter()
     out = pp.preprocess(a)
-    print(json.dumps({"n_spots": a.n_obs, "n_genes_in": a.n_vars, "seconds": time.perf_counter() - t,
-                      "rss_before_gb": base,
+    seconds = time.perf_counter() - t
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(json.dumps({"n_spots": a.n_obs, "n_genes_in": a.n_vars, "seconds": seconds,
+                      "rss_before_gb": base, "preprocess_peak_alloc_gb": traced_peak / 2**30,
+                      "input_gb": (a.X.data.nbytes + a.X.indices.nbytes + a.X.indptr.nbytes) / 2**30,
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                       "n_genes_filtered": out.uns["preprocessing"]["n_genes_filtered"]}))
 
@@ -405,8 +413,10 @@ def _memory(n_spots: int) -> dict:
     else:
         m = json.loads(line[-1])
         print(f"{m['n_spots']:,} spots x {m['n_genes_in']:,} genes ({m['n_genes_filtered']:,} after filtering): "
-              f"{m['seconds']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB (input data and imports: "
-              f"{m['rss_before_gb']:.2f} GB); target < 8 GB: {'met' if m['peak_rss_gb'] < 8 else 'NOT met'}")
+              f"{m['seconds']:.1f} s; peak of the pipeline's own allocations {m['preprocess_peak_alloc_gb']:.2f} GB "
+              f"(input counts {m['input_gb']:.2f} GB); process peak RSS {m['peak_rss_gb']:.2f} GB, of which "
+              f"{m['rss_before_gb']:.2f} GB were reached while generating the data; "
+              f"target < 8 GB: {'met' if m['peak_rss_gb'] < 8 else 'NOT met'}")
         return {"memory": m}
 
 
