@@ -252,12 +252,11 @@ tta.round(4)
 #
 # ## Exercises
 #
-# 1. **Does the mean predictor have a PCC?** Predicting the training mean gives every gene a
-#    constant prediction. What do `compute_metrics` and `scipy.stats.pearsonr` return for it, and why
-#    is the choice in `spared_lib.metrics` the useful one?
+# ```{admonition} Exercise 1
+# **Does the mean predictor have a PCC?** Predicting the training mean gives every gene a constant prediction. What do `compute_metrics` and `scipy.stats.pearsonr` return for it, and why is the choice in `spared_lib.metrics` the useful one?
+# ```
 #
-# ```{admonition} Solution
-# :class: dropdown
+# ````{dropdown} Solution
 # A constant has no variance, so Pearson's r is 0/0: scipy returns NaN with a warning. Averaging NaN
 # into PCC-Gene would hide every other gene's score, so `compute_metrics` defines PCC = 0 for a
 # constant *prediction* (no linear association) and still scores R² (0 for the exact mean). Genes
@@ -266,14 +265,13 @@ tta.round(4)
 #
 #     m = compute_metrics(y_true, np.broadcast_to(train_mean, y_true.shape), mask)
 #     m["PCC-Gene"], m["R2-Gene"], m["n_genes_excluded"]
+# ````
+#
+# ```{admonition} Exercise 2
+# **Raw against SpaCKLE-completed targets.** Train ShuffleNet on `c_t_log1p` (chapter 3 adds it with `spared_lib.completion.complete`) and compare its test metrics with the `c_d_log1p` run above. Which entries are scored in both cases?
 # ```
 #
-# 2. **Raw against SpaCKLE-completed targets.** Train ShuffleNet on `c_t_log1p` (chapter 3 adds it
-#    with `spared_lib.completion.complete`) and compare its test metrics with the `c_d_log1p` run
-#    above. Which entries are scored in both cases?
-#
-# ```{admonition} Solution
-# :class: dropdown
+# ````{dropdown} Solution
 #     from spared_lib import completion
 #     completion.complete(adata)          # adds layers c_t_log1p, c_t_deltas
 #     r = fit("shufflenet", adata, "c_t_log1p", steps=STEPS, patches=patches, size=SIZE,
@@ -283,20 +281,20 @@ tta.round(4)
 # Both runs are scored on the same observed entries (`layers['mask']`, where TPM was non-zero):
 # completion only changes what the model *trains* on. The paper found completed targets improve
 # every dataset's best PCC.
+# ````
+#
+# ```{admonition} Exercise 3
+# **Averaging for everyone.** Test-time averaging is a property of ST-Net, but `predict` accepts `tta=True` for any model. Does it help ShuffleNet?
 # ```
 #
-# 3. **Averaging for everyone.** Test-time averaging is a property of ST-Net, but `predict` accepts
-#    `tta=True` for any model. Does it help ShuffleNet?
-#
-# ```{admonition} Solution
-# :class: dropdown
+# ````{dropdown} Solution
 #     m = results["shufflenet"].model
 #     pd.DataFrame({on: compute_metrics(y_true, predict(m, adata, patches, eval_idx, tta=on), mask)
 #                   for on in (False, True)}).T
 #
 # Averaging over views the model was trained to treat alike mostly smooths its errors, so MSE
 # usually drops slightly, at 8× the inference cost.
-# ```
+# ````
 #
 # ## Summary
 #

@@ -216,3 +216,24 @@ def test_slide_batching_through_fit(data, tmp_path):
               progress=False, verbose=False)
     assert all(n <= 30 and e > 0 for n, e in model.seen)
     assert res.predictions.shape == (64, ad.n_vars) and np.isfinite(res.predictions).all()
+
+
+def test_completed_targets_change_training_unless_the_loss_is_observed_only(data, tmp_path):
+    """The loss covers every target entry (as the original trainer), so a layer that differs only
+    on unobserved entries (a completion) trains a different model; with the original's
+    ``robust_loss`` (observed-only) the two layers train identically."""
+    ad, patches = data
+    ad = ad.copy()
+    filled = ad.layers["c_d_log1p"].copy()
+    filled[~ad.layers["mask"]] += 3.0  # what a different completion would change: missing entries only
+    ad.layers["c_t_log1p"] = filled
+    kw = dict(steps=3, lr=1e-3, patches=patches, batch_size=16, size="small", device="cpu", val_every=3,
+              progress=False, verbose=False, seed=0)
+    raw = fit("shufflenet", ad, "c_d_log1p", out_dir=tmp_path / "raw", **kw)
+    done = fit("shufflenet", ad, "c_t_log1p", out_dir=tmp_path / "done", **kw)
+    assert not np.allclose(raw.history["train_loss"].dropna(), done.history["train_loss"].dropna())
+    raw_o = fit("shufflenet", ad, "c_d_log1p", out_dir=tmp_path / "raw_o", observed_only_loss=True, **kw)
+    done_o = fit("shufflenet", ad, "c_t_log1p", out_dir=tmp_path / "done_o", observed_only_loss=True, **kw)
+    np.testing.assert_allclose(raw_o.history["train_loss"].dropna(), done_o.history["train_loss"].dropna(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(raw_o.predictions, done_o.predictions, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,13 @@ A batch is a ``dict`` of tensors on the model's device:
 ``image``   float32 ``(B, 3, 224, 224)``, ImageNet-normalised (augmented when training).
 ``target``  float32 ``(B, G)``, the training target in the model's space
             (``c_d_log1p``/``c_t_log1p``, or their ``*_deltas`` when ``uses_deltas``).
-``mask``    bool ``(B, G)``, True where the entry was observed (``layers['mask']``).
+``mask``    bool ``(B, G)``, True where the entry was observed (``layers['mask']``): metrics
+            and validation MSE use only these entries (SPEC §5).
+``loss_mask`` bool ``(B, G)``, optional: the entries the training loss may use. Absent (the
+            default), the loss covers every entry of the target, as the original trainer does:
+            that is what makes training on median- or SpaCKLE-completed targets differ. The
+            trainer sets it to ``mask`` when asked for an observed-only loss (the original's
+            ``robust_loss``).
 ``index``   int64 ``(B,)``, row positions of the spots in the AnnData.
 ``slide``   int64 ``(B,)``, slide code (position in ``adata.obs['slide_id'].cat.categories``).
 ``grid``    int64 ``(B, 2)``, ``obs[['array_row', 'array_col']]``.
@@ -106,12 +112,18 @@ class SpotModel(nn.Module if nn is not None else object):
         raise NotImplementedError
 
     def loss(self, batch: dict, pred: "torch.Tensor") -> "torch.Tensor":
-        """Mean squared error over observed entries only (SPEC §5)."""
-        return masked_mse(pred, batch["target"], batch["mask"])
+        """Mean squared error over the entries the loss may use (:func:`loss_mask`)."""
+        return masked_mse(pred, batch["target"], loss_mask(batch))
 
     def predict(self, batch: dict) -> "torch.Tensor":
         """Prediction used for metrics; retrieval models override it."""
         return self.forward(batch)
+
+
+def loss_mask(batch: dict) -> "torch.Tensor":
+    """The entries a training loss may use: ``batch['loss_mask']``, else every entry."""
+    m = batch.get("loss_mask")
+    return m if m is not None else torch.ones_like(batch["target"], dtype=torch.bool)
 
 
 def masked_mse(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":

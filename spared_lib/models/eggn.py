@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SpotModel, masked_mse
+from .base import SpotModel, loss_mask, masked_mse
 from .egn import FEATURE_DIM, ExemplarBank, FrozenEncoder, pcc_loss, resnet_trunk
 from .graph import SAGEConv, knn_graph, radius_graph, scatter_mean, scatter_sum, segment_softmax
 
@@ -172,7 +172,8 @@ class EGGN(SpotModel):
         return self.lin(self.pool(x_win, x_ex, e_cross))
 
     def loss(self, batch: dict, pred: torch.Tensor) -> torch.Tensor:
-        return masked_mse(pred, batch["target"], batch["mask"]) + 0.5 * pcc_loss(pred, batch["target"], batch["mask"])
+        m = loss_mask(batch)
+        return masked_mse(pred, batch["target"], m) + 0.5 * pcc_loss(pred, batch["target"], m)
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> EGGN:

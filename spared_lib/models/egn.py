@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SpotModel, masked_mse
+from .base import SpotModel, loss_mask, masked_mse
 from .histogene import Attention, FeedForward, PreNorm
 
 CONFIGS = {
@@ -324,7 +324,8 @@ class EGN(SpotModel):
         return self.head(torch.cat([self.pool(x), q.squeeze(1)], 1))
 
     def loss(self, batch: dict, pred: torch.Tensor) -> torch.Tensor:
-        return masked_mse(pred, batch["target"], batch["mask"]) + 0.5 * pcc_loss(pred, batch["target"], batch["mask"])
+        m = loss_mask(batch)
+        return masked_mse(pred, batch["target"], m) + 0.5 * pcc_loss(pred, batch["target"], m)
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> EGN:

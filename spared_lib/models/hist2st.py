@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SpotModel, masked_mse
+from .base import SpotModel, loss_mask, masked_mse
 from .graph import scatter_mean
 from .histogene import TransformerBlock, grid_positions
 
@@ -200,7 +200,7 @@ class Hist2ST(SpotModel):
         return self.gene_head(h)
 
     def loss(self, batch: dict, pred: torch.Tensor) -> torch.Tensor:
-        total = masked_mse(pred, batch["target"], batch["mask"])
+        total = masked_mse(pred, batch["target"], loss_mask(batch))
         h = self._hidden
         if self.zinb > 0 and h is not None:
             if self.counts.shape[0] == 0:

@@ -249,7 +249,7 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", steps: int = 1000, l
         device: str = "auto", out_dir=None, eval_split: str | None = None, val_every: int | None = None,
         tta: bool | None = None, model_kwargs: dict | None = None, devices="auto",
         num_workers: int | None = None, eval_batch_size: int | None = None, progress: bool = True,
-        precision: str | None = None, verbose: bool = True) -> FitResult:
+        precision: str | None = None, verbose: bool = True, observed_only_loss: bool = False) -> FitResult:
     """Train a model on one preprocessed dataset and score its best checkpoint.
 
     Parameters
@@ -287,6 +287,10 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", steps: int = 1000, l
     tta
         8-symmetry test-time averaging at validation and evaluation; ``None`` follows
         the model (on for ST-Net).
+    observed_only_loss
+        Restrict the training loss to observed entries (the original's ``robust_loss``).
+        Default False, as the original: the loss covers every entry of the target layer, which
+        is how completed targets (``c_t_log1p``) change training. Metrics use observed entries only.
 
     Returns
     -------
@@ -360,7 +364,7 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", steps: int = 1000, l
         enable_progress_bar=progress, enable_model_summary=False, deterministic=dev == "cpu",
         default_root_dir=out_dir, log_every_n_steps=1,
     )
-    module = SpotModule(model, lr=lr, tta=tta)
+    module = SpotModule(model, lr=lr, tta=tta, observed_only_loss=observed_only_loss)
     n_params = count_parameters(model)
     if verbose:
         print(f"fit {name}: {n_params:,} trainable parameters, target {target_layer}"

@@ -57,11 +57,17 @@ class SpotModule(pl.LightningModule):
         Test-time averaging at validation; ``None`` follows ``model.test_time_augmentation``.
     weight_decay
         Passed to the optimiser (0 like the originals' defaults, except AdamW's 1e-2).
+    observed_only_loss
+        Train on observed entries only (the original's ``robust_loss``). Off by default: the
+        loss then covers every entry of the target, so median- and SpaCKLE-completed targets
+        train differently; metrics always use observed entries only.
     """
 
-    def __init__(self, model, lr: float, tta: bool | None = None, weight_decay: float | None = None):
+    def __init__(self, model, lr: float, tta: bool | None = None, weight_decay: float | None = None,
+                 observed_only_loss: bool = False):
         super().__init__()
         self.model = model
+        self.observed_only_loss = bool(observed_only_loss)
         self.lr = float(lr)
         self.tta = model.test_time_augmentation if tta is None else bool(tta)
         self.weight_decay = weight_decay
@@ -72,6 +78,8 @@ class SpotModule(pl.LightningModule):
         return to_model_input(batch, augment=self.training)
 
     def training_step(self, batch, batch_idx):
+        if self.observed_only_loss:
+            batch = {**batch, "loss_mask": batch["mask"]}
         pred = self.model(batch).float()  # loss in float32 even under mixed precision
         loss = self.model.loss(batch, pred)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
