@@ -189,11 +189,12 @@ gain
 
 # %% [markdown]
 # ```{note}
-# SpaCKLE can only change a model's training if the loss sees the entries it filled in. The
-# authors' trainer computes the MSE over all entries of the target by default (its `robust_loss`
-# option, which restricts it to observed entries, is off); a trainer whose loss uses only observed
-# entries gives image-only models the same training signal on both targets, and pairs with
-# identical values in the table above are that case. Metrics are observed-only either way.
+# SpaCKLE can only change a model's training if the loss sees the entries it filled in. Like the
+# authors' trainer, `spared_lib.training.fit` computes the training MSE over every entry of the
+# target layer (`observed_only_loss=True` reproduces their `robust_loss` option, which restricts it
+# to observed entries and makes the two targets train identically). Metrics are observed-only
+# either way. Models whose fast-mode runs barely moved from their initialisation can still show
+# (nearly) identical numbers for both targets.
 # ```
 
 # %% [markdown]
