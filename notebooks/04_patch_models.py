@@ -67,7 +67,8 @@ from spared_lib import data, plotting, preprocessing
 from spared_lib.metrics import compute_metrics, per_gene_metrics
 from spared_lib.models import MODELS, PATCH_MODELS, build_model, count_parameters
 from spared_lib.training import fit, predict
-from spared_lib.training.data import dihedral_views, normalise, random_dihedral
+from spared_lib.preprocessing import dihedral
+from spared_lib.training.data import normalise, random_dihedral
 
 torch.manual_seed(SEED)
 if FAST:
@@ -105,7 +106,7 @@ adata.obs.groupby(["slide_id", "split"], observed=True).size().rename("spots").t
 # %%
 spot = int(np.argmax(adata.obs["split"].to_numpy() == "train"))
 x = normalise(torch.from_numpy(patches[spot : spot + 1]))
-views = dihedral_views(x)
+views = dihedral(x)
 fig, axes = plt.subplots(1, 8, figsize=(12, 1.8), dpi=100)
 for ax, v in zip(axes, views):
     img = v[0].permute(1, 2, 0).numpy() * np.array([0.229, 0.224, 0.225]) + np.array([0.485, 0.456, 0.406])

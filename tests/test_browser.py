@@ -199,7 +199,9 @@ def _expected_title(entry: str) -> str:
         nb = jupytext.read(REPO / f"{entry}.py")
         text = next(c.source for c in nb.cells if c.cell_type == "markdown")
     heading = next(line for line in text.splitlines() if line.startswith("# "))[2:]
-    return re.sub(r"[*`]", "", heading).strip()
+    heading = re.sub(r"[*`]", "", heading).strip()
+    # Sphinx's smartquotes typeset straight quotes as curly ones.
+    return heading.replace("'", "\u2019")
 
 
 def _visit(browser: DevTools, url: str) -> dict:

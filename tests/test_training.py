@@ -9,7 +9,8 @@ anndata = pytest.importorskip("anndata")
 from spared_lib.metrics import compute_metrics  # noqa: E402
 from spared_lib.models.base import SpotModel  # noqa: E402
 from spared_lib.training import fit, predict  # noqa: E402
-from spared_lib.training.data import (contiguous_crops, dihedral_views, local_edge_index,  # noqa: E402
+from spared_lib.preprocessing import dihedral  # noqa: E402
+from spared_lib.training.data import (contiguous_crops, local_edge_index,  # noqa: E402
                                       make_loader, random_dihedral, read_targets, spot_meta)
 
 
@@ -159,7 +160,7 @@ def test_eval_loader_keeps_every_spot(data):
 
 def test_augmentation_views_are_the_eight_symmetries():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
-    views = dihedral_views(x)
+    views = dihedral(x)
     flat = {tuple(v[0].flatten().tolist()) for v in views}
     assert len(flat) == 8
     torch.manual_seed(0)

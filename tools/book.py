@@ -133,6 +133,10 @@ def stage() -> Path:
 def build() -> Path:
     """Build the HTML book into ``_build/html``; fail on any warning or failed page."""
     stage()
+    # A fresh Sphinx environment every time: a pickled one from a build with another table of
+    # contents can crash the incremental build (KeyError in sphinx-external-toc).
+    for stale in (BUILD / ".doctrees", BUILD / "html", BUILD / "jupyter_execute"):
+        shutil.rmtree(stale, ignore_errors=True)
     log = BUILD / "jupyter-book.log"
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(STAGE),
            "--path-output", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going"]

@@ -46,12 +46,6 @@ def random_dihedral(x: torch.Tensor) -> torch.Tensor:
     return torch.where(coins[2].view(view), x.flip(-2), x)
 
 
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 symmetries of ``(B, C, H, W)`` square images (identity first), for test-time averaging."""
-    views = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
-    return views + [v.flip(-1) for v in views]
-
-
 def to_model_input(batch: dict, augment: bool) -> dict:
     """Turn a loader batch into the model's batch dict (see :mod:`spared_lib.models.base`)."""
     out = dict(batch)

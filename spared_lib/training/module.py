@@ -12,7 +12,8 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import Metric
 
-from .data import dihedral_views, to_model_input
+from ..preprocessing.patches import dihedral
+from .data import to_model_input
 
 
 class MaskedMSE(Metric):
@@ -39,7 +40,7 @@ def predict_batch(model, batch: dict, tta: bool) -> torch.Tensor:
     """The model's prediction for a normalised batch, averaged over the 8 symmetries if ``tta``."""
     if not tta:
         return model.predict(batch).float()
-    views = dihedral_views(batch["image"])
+    views = dihedral(batch["image"])  # (8, B, C, H, W), identity first
     return torch.stack([model.predict({**batch, "image": v}).float() for v in views]).mean(0)
 
 
