@@ -59,3 +59,15 @@ def synthetic_adata(synthetic_info):
     from spared_lib.data import load_dataset
 
     return load_dataset(synthetic_info)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One OpenMP thread for tiny models: on the shared 2-core CI machine two spinning threads are
+    far slower than one. Restores the previous setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,52 +19,21 @@ anndata = pytest.importorskip("anndata")
 from spared_lib.models import MODELS, build_model, count_parameters  # noqa: E402
 from spared_lib.models import graph as G  # noqa: E402
 from spared_lib.models.base import FitContext  # noqa: E402
+from spared_lib.training.data import normalise as normalise_uint8  # noqa: E402
+from toydata import make_patch_data  # noqa: E402
 
 CONTEXT_MODELS = ("histogene", "hist2st", "egn", "eggn", "bleep", "sepal")
 
 
 # --------------------------------------------------------------------------- synthetic data
-def make_data(n_side=5, n_genes=8, n_slides=4, seed=0, size=224):
-    """A preprocessed-looking AnnData: 4 hex slides (train, train, val, test) + uint8 patches.
-
-    Expression is a linear function of smooth spatial factors that also set each patch's
-    colour, so images predict expression; raw counts are Poisson draws for the ZINB head.
-    """
-    rng = np.random.default_rng(seed)
-    rows, cols = np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij")
-    rc = np.stack([rows.ravel(), 2 * cols.ravel() + rows.ravel() % 2], 1)
-    xy = np.stack([rc[:, 1] * 50.0, rc[:, 0] * 86.6], 1)
-    n = n_slides * len(rc)
-    slide = np.repeat(np.arange(n_slides), len(rc))
-    z = np.concatenate([np.stack([np.sin(xy[:, 0] / 150 + p), np.cos(xy[:, 1] / 170 + 2 * p),
-                                  np.sin((xy[:, 0] + xy[:, 1]) / 210 + 3 * p)], 1) for p in range(n_slides)])
-    w = rng.normal(0, 1, (3, n_genes))
-    y = (2.0 + z @ w + rng.normal(0, 0.1, (n, n_genes))).astype(np.float32)
-    colour = 128 + 90 * np.tanh(z)
-    patches = np.clip(colour[:, None, None, :] + rng.normal(0, 15, (n, size, size, 3)), 0, 255).astype(np.uint8)
-    mask = rng.random((n, n_genes)) > 0.2
-    split = np.array(["train", "train", "val", "test"])[slide]
-    obs = pd.DataFrame({"slide_id": pd.Categorical([f"S{s}" for s in slide]), "split": split,
-                        "array_row": np.tile(rc[:, 0], n_slides), "array_col": np.tile(rc[:, 1], n_slides)},
-                       index=[f"spot{i}" for i in range(n)])
-    ad = anndata.AnnData(X=np.zeros((n, n_genes), np.float32), obs=obs)
-    ad.obsm["spatial"] = np.tile(xy, (n_slides, 1))
-    ad.uns["dataset"] = {"grid": "hex"}
-    train = split == "train"
-    ad.layers["counts"] = rng.poisson(np.exp(np.clip(y, 0, 5))).astype(np.float32)
-    ad.layers["c_d_log1p"] = y
-    ad.layers["mask"] = mask
-    mean = (y * mask)[train].sum(0) / mask[train].sum(0)
-    ad.var["c_d_log1p_avg_exp"] = mean
-    ad.layers["c_d_deltas"] = y - mean
-    return ad, patches
+def make_data(n_side=5, n_genes=8, seed=0, size=224):
+    """4 hex slides (train, train, val, test) with raw counts for the ZINB head, + uint8 patches."""
+    return make_patch_data(n_side=n_side, n_genes=n_genes, seed=seed, size=size,
+                           splits=("train", "train", "val", "test"), counts=True)
 
 
 def normalise(p):
-    x = torch.from_numpy(np.ascontiguousarray(p)).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalise_uint8(torch.from_numpy(np.ascontiguousarray(p)))
 
 
 _RINGS = {}

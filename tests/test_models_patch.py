@@ -14,13 +14,7 @@ from spared_lib.models import backbones
 from spared_lib.models.base import FitContext, SpotModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # shared 2-core CI machine: one OpenMP thread is much faster than two contending ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_lists_the_ten_models():

@@ -10,54 +10,12 @@ from spared_lib.metrics import compute_metrics  # noqa: E402
 from spared_lib.models.base import SpotModel  # noqa: E402
 from spared_lib.training import fit, predict  # noqa: E402
 from spared_lib.preprocessing import dihedral  # noqa: E402
+from toydata import make_patch_data  # noqa: E402
 from spared_lib.training.data import (contiguous_crops, local_edge_index,  # noqa: E402
                                       make_loader, random_dihedral, read_targets, spot_meta)
 
 
-def make_patch_data(n_side=8, n_genes=6, seed=0, size=32):
-    """A preprocessed-looking AnnData (3 slides: train/val/test) + uint8 patches.
-
-    Expression is a linear function of three smooth spatial factors, and each patch's
-    colour encodes the same factors (plus pixel noise), so a CNN can learn
-    image -> expression; the link is invariant to flips and rotations.
-    """
-    rng = np.random.default_rng(seed)
-    rows, cols = np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij")
-    rc = np.stack([rows.ravel(), 2 * cols.ravel() + rows.ravel() % 2], 1)  # hex array coordinates
-    xy = np.stack([rc[:, 1] * 50.0, rc[:, 0] * 86.6], 1)
-    n_slides = 3
-    n = n_slides * len(rc)
-    slide = np.repeat(np.arange(n_slides), len(rc))
-    z = np.concatenate([np.stack([np.sin(xy[:, 0] / 150 + p), np.cos(xy[:, 1] / 170 + 2 * p),
-                                  np.sin((xy[:, 0] + xy[:, 1]) / 210 + 3 * p)], 1) for p in range(n_slides)])
-    w = rng.normal(0, 1, (3, n_genes))
-    y = (2.0 + z @ w + rng.normal(0, 0.1, (n, n_genes))).astype(np.float32)
-    colour = 128 + 90 * np.tanh(z)
-    patches = np.clip(colour[:, None, None, :] + rng.normal(0, 15, (n, size, size, 3)), 0, 255).astype(np.uint8)
-    mask = rng.random((n, n_genes)) > 0.2
-    split = np.array(["train", "val", "test"])[slide]
-    obs = pd.DataFrame({"slide_id": pd.Categorical([f"S{s}" for s in slide]), "split": split,
-                        "array_row": np.tile(rc[:, 0], n_slides), "array_col": np.tile(rc[:, 1], n_slides)},
-                       index=[f"spot{i}" for i in range(n)])
-    ad = anndata.AnnData(X=np.zeros((n, n_genes), np.float32), obs=obs)
-    ad.obsm["spatial"] = np.tile(xy, (n_slides, 1))
-    ad.uns["dataset"] = {"grid": "hex"}
-    train = split == "train"
-    ad.layers["c_d_log1p"] = y
-    ad.layers["mask"] = mask
-    mean = (y * mask)[train].sum(0) / mask[train].sum(0)
-    ad.var["c_d_log1p_avg_exp"] = mean
-    ad.layers["c_d_deltas"] = y - mean
-    return ad, patches
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CI machine's 2 cores are shared: OpenMP's spinning threads make 2 threads far slower than 1
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
