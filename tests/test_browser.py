@@ -20,12 +20,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from localhttp import serve
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,13 +138,8 @@ def built_book() -> Path:
 
 @pytest.fixture(scope="module")
 def server(built_book):
-    handler = functools.partial(_QuietHandler, directory=str(built_book))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(functools.partial(_QuietHandler, directory=str(built_book))) as url:
+        yield url
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

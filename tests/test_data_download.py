@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import threading
 
 import pytest
+from localhttp import serve
 
 from spared_lib.data.download import DownloadError, fetch
 
@@ -43,12 +43,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(_Handler) as url:
+        yield url
 
 
 GOOD = hashlib.sha256(PAYLOAD).hexdigest()
