@@ -19,6 +19,9 @@ import warnings
 
 import numpy as np
 
+#: The benchmark's metric names, in the order of the paper's tables (keys of :func:`compute_metrics`).
+METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch", "R2-Gene", "R2-Patch", "Global")
+
 #: The seven metrics of the benchmark, in the paper's order.
 METRIC_KEYS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch", "R2-Gene", "R2-Patch", "Global")
 

@@ -31,7 +31,7 @@ def _mean_baseline_mse(ad, idx):
 
 def test_end_to_end_fit_beats_training_mean(data, tmp_path):
     ad, patches = data
-    res = fit("shufflenet", ad, "c_d_log1p", steps=80, lr=3e-3, patches=patches, batch_size=32, size="small",
+    res = fit("shufflenet", ad, "c_d_log1p", steps=80, lr=3e-3, patches=patches, batch_size=32, size="small", pretrained=None,
               device="cpu", out_dir=tmp_path, val_every=20, progress=False)
     assert res.eval_split == "test"
     test_idx = np.flatnonzero(ad.obs["split"] == "test")
@@ -58,7 +58,7 @@ def test_end_to_end_fit_beats_training_mean(data, tmp_path):
 
 def test_fit_is_deterministic_on_cpu(data, tmp_path):
     ad, patches = data
-    kw = dict(steps=4, lr=1e-3, patches=patches, batch_size=16, size="small", device="cpu", val_every=2,
+    kw = dict(steps=4, lr=1e-3, patches=patches, batch_size=16, size="small", pretrained=None, device="cpu", val_every=2,
               progress=False, verbose=False)
     a = fit("shufflenet", ad, out_dir=tmp_path / "a", seed=3, **kw)
     b = fit("shufflenet", ad, out_dir=tmp_path / "b", seed=3, **kw)
@@ -70,7 +70,7 @@ def test_fit_is_deterministic_on_cpu(data, tmp_path):
 
 def test_delta_model_adds_train_mean_back(data, tmp_path):
     ad, patches = data
-    res = fit("vit_b_delta", ad, steps=2, lr=1e-4, patches=patches, batch_size=16, size="small", device="cpu",
+    res = fit("vit_b_delta", ad, steps=2, lr=1e-4, patches=patches, batch_size=16, size="small", pretrained=None, device="cpu",
               out_dir=tmp_path, val_every=2, progress=False, verbose=False, model_kwargs={"image_size": 32})
     offset = res.model.target_offset.numpy()
     np.testing.assert_allclose(offset, ad.var["c_d_log1p_avg_exp"].to_numpy(), rtol=1e-6)
@@ -86,7 +86,7 @@ def test_delta_model_adds_train_mean_back(data, tmp_path):
 
 def test_stnet_starts_at_training_mean(data, tmp_path):
     ad, patches = data
-    res = fit("stnet", ad, steps=1, lr=0.0, patches=patches, batch_size=8, size="small", device="cpu",
+    res = fit("stnet", ad, steps=1, lr=0.0, patches=patches, batch_size=8, size="small", pretrained=None, device="cpu",
               out_dir=tmp_path, val_every=1, progress=False, verbose=False)
     # lr = 0: the model is exactly its initialisation -> every prediction is the masked train mean
     train = np.flatnonzero(ad.obs["split"] == "train")
@@ -99,9 +99,9 @@ def test_stnet_starts_at_training_mean(data, tmp_path):
 def test_missing_completed_layer_and_misaligned_patches(data):
     ad, patches = data
     with pytest.raises(KeyError, match="complete"):
-        fit("shufflenet", ad, "c_t_log1p", steps=1, patches=patches, size="small", device="cpu")
+        fit("shufflenet", ad, "c_t_log1p", steps=1, patches=patches, size="small", pretrained=None, device="cpu")
     with pytest.raises(ValueError, match="aligned"):
-        fit("shufflenet", ad, steps=1, patches=patches[:10], size="small", device="cpu")
+        fit("shufflenet", ad, steps=1, patches=patches[:10], size="small", pretrained=None, device="cpu")
     with pytest.raises(KeyError, match="valid names"):
         fit("resnet", ad, steps=1, patches=patches)
 
@@ -186,7 +186,7 @@ def test_completed_targets_change_training_unless_the_loss_is_observed_only(data
     filled = ad.layers["c_d_log1p"].copy()
     filled[~ad.layers["mask"]] += 3.0  # what a different completion would change: missing entries only
     ad.layers["c_t_log1p"] = filled
-    kw = dict(steps=3, lr=1e-3, patches=patches, batch_size=16, size="small", device="cpu", val_every=3,
+    kw = dict(steps=3, lr=1e-3, patches=patches, batch_size=16, size="small", pretrained=None, device="cpu", val_every=3,
               progress=False, verbose=False, seed=0)
     raw = fit("shufflenet", ad, "c_d_log1p", out_dir=tmp_path / "raw", **kw)
     done = fit("shufflenet", ad, "c_t_log1p", out_dir=tmp_path / "done", **kw)
@@ -196,3 +196,75 @@ def test_completed_targets_change_training_unless_the_loss_is_observed_only(data
     np.testing.assert_allclose(raw_o.history["train_loss"].dropna(), done_o.history["train_loss"].dropna(),
                                rtol=1e-6)
     np.testing.assert_allclose(raw_o.predictions, done_o.predictions, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- engine and options
+def test_fit_options_reject_unknown_names_and_keep_defaults():
+    from spared_lib.training import FitOptions
+
+    opt = FitOptions()
+    assert (opt.steps, opt.batch_size, opt.pretrained, opt.size) == (1000, 256, "imagenet", "paper")
+    assert opt.replace(steps=3).steps == 3 and opt.steps == 1000
+    with pytest.raises(TypeError, match="unknown option.*stpes"):
+        opt.replace(stpes=3)
+
+
+@pytest.mark.parametrize("batch,micro,expect", [(256, None, (256, 1)), (256, 256, (256, 1)), (256, 100, (64, 4)),
+                                                (256, 96, (64, 4)), (256, 1, (1, 256)), (30, 7, (6, 5))])
+def test_accumulation_keeps_the_effective_batch(batch, micro, expect):
+    from spared_lib.training import accumulation
+
+    got = accumulation(batch, micro)
+    assert got == expect
+    assert got[0] * got[1] == batch and (micro is None or got[0] <= micro)
+
+
+def test_step_cap_environment_variable(monkeypatch):
+    from spared_lib.engine import MAX_STEPS_ENV, cap_steps
+
+    monkeypatch.delenv(MAX_STEPS_ENV, raising=False)
+    assert cap_steps(1000) == 1000
+    monkeypatch.setenv(MAX_STEPS_ENV, "2")
+    assert cap_steps(1000) == 2 and cap_steps(1) == 1
+    monkeypatch.setenv(MAX_STEPS_ENV, "two")
+    with pytest.raises(ValueError, match=MAX_STEPS_ENV):
+        cap_steps(10)
+
+
+def test_fit_obeys_the_step_cap_and_accumulates(data, tmp_path, monkeypatch):
+    """SPARED_MAX_STEPS shortens fit; micro-batches give the same first step as one full batch
+    (ShuffleNet's BatchNorm sees smaller batches, so compare a model without BatchNorm)."""
+    from spared_lib.engine import MAX_STEPS_ENV
+    from spared_lib.training import module as training_module
+
+    ad, patches = data
+    # augmentation draws one random symmetry per image and batch: off, so both runs see the same images
+    plain = training_module.to_model_input
+    monkeypatch.setattr(training_module, "to_model_input", lambda batch, augment: plain(batch, False))
+    monkeypatch.setenv(MAX_STEPS_ENV, "2")
+    kw = dict(steps=50, lr=1e-3, patches=patches, batch_size=16, size="small", pretrained=None, device="cpu",
+              progress=False, verbose=False, val_every=1)
+    kw["model_kwargs"] = {"image_size": patches.shape[1]}
+    res = fit("vit_b", ad, out_dir=tmp_path / "capped", **kw)
+    assert res.extra["steps"] == 2 and int(res.history["step"].max()) == 2
+    monkeypatch.setenv(MAX_STEPS_ENV, "1")
+    # plain SGD: one step moves each weight by lr x its gradient, so equal gradients give equal weights
+    # (Adam would divide noise-level gradients by their own size)
+    import copy
+
+    from spared_lib.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("vit_b", ad.n_vars, pretrained=None, size="small", image_size=patches.shape[1], verbose=False)
+    net.optimizer = "sgd"
+    kw = {k: v for k, v in kw.items() if k not in ("size", "pretrained", "model_kwargs")}
+    whole = fit(copy.deepcopy(net), ad, out_dir=tmp_path / "whole", **kw)
+    acc = fit(copy.deepcopy(net), ad, out_dir=tmp_path / "acc", micro_batch_size=4, **kw)
+    assert acc.extra["accumulate_grad_batches"] == 4 and acc.extra["micro_batch_size"] == 4
+    assert len(acc.history) == 1 and acc.history["step"].tolist() == [1]
+    moved = 0
+    for (k, a), (_, b), (_, a0) in zip(whole.model.state_dict().items(), acc.model.state_dict().items(),
+                                       net.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
+        moved += int(not torch.equal(a, a0))
+    assert moved > 10  # the step did change the weights

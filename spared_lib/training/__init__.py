@@ -2,8 +2,13 @@
 
 Introduced in ``notebooks/04_patch_models.py``. ``fit`` trains a registered model
 (:data:`spared_lib.models.MODELS`) on a preprocessed AnnData and returns a
-:class:`FitResult`; ``predict`` runs a trained model on any aligned patch array.
+:class:`FitResult`; ``predict`` runs a trained model on any aligned patch array. The loop itself
+is :func:`spared_lib.engine.make_trainer`, shared with SpaCKLE's training.
 """
-from .fit import FitResult, fit, predict, resolve_device
+from spared_lib.engine import resolve_device
 
-__all__ = ["FitResult", "fit", "predict", "resolve_device"]
+from .data import IMAGENET_MEAN, IMAGENET_STD, normalise, random_dihedral
+from .fit import FitOptions, FitResult, accumulation, fit, predict
+
+__all__ = ["FitOptions", "FitResult", "IMAGENET_MEAN", "IMAGENET_STD", "accumulation", "fit", "normalise",
+           "predict", "random_dihedral", "resolve_device"]

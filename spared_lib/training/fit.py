@@ -11,18 +11,17 @@ uses a CPU, a Colab GPU (mixed precision) or several GPUs (DDP).
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import dataclasses
+import math
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from spared_lib.engine import autocast, default_workers, make_trainer, resolve_device
 from spared_lib.metrics import compute_metrics
 from spared_lib.models import build_model, count_parameters, get_entry
 from spared_lib.models.base import FitContext, SpotModel
@@ -77,33 +76,6 @@ class FitResult:
     eval_index: np.ndarray | None = None
     best_step: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- devices
-def resolve_device(device: str = "auto") -> str:
-    """``'auto'`` → ``'cuda'`` when a GPU is visible, else ``'cpu'``; ``'gpu'`` means ``'cuda'``."""
-    device = str(device)
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device in ("gpu", "cuda") or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU; use device='auto' or 'cpu'")
-        return "cuda"
-    if device in ("cpu", "mps"):
-        return device
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda'/'gpu' or 'mps', got {device!r}")
-
-
-def _autocast(device: str):
-    if device == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
-def _default_workers(device: str) -> int:
-    # CPU runs stay single-process: deterministic and kind to small machines
-    return 0 if device == "cpu" else min(4, max(1, (os.cpu_count() or 2) - 1))
 
 
 # --------------------------------------------------------------------------- inference
@@ -167,10 +139,10 @@ def predict(model: SpotModel, adata, patches, index=None, *, batch_size: int = 6
     tta = model.test_time_augmentation if tta is None else tta
     model = model.to(device).eval()
     out = None
-    workers = _default_workers(device) if num_workers is None else num_workers
+    workers = default_workers(device) if num_workers is None else num_workers
     for pos, batch in _iterate(model, adata, patches, index, batch_size, device, progress=progress,
                                num_workers=workers):
-        with _autocast(device):
+        with autocast(device):
             pred = predict_batch(model, batch, tta).float().cpu().numpy()
         if out is None:
             out = np.empty((len(index), pred.shape[1]), np.float32)
@@ -194,7 +166,7 @@ def make_encoder(adata, patches, device: str, batch_size: int = 64):
             rows = np.sort(index[start:start + batch_size])
             order = np.argsort(np.argsort(index[start:start + batch_size]))
             img = normalise(torch.from_numpy(np.ascontiguousarray(patches[rows])).to(device))
-            with _autocast(device):
+            with autocast(device):
                 chunks.append(module(img).float().cpu()[order])
         module.train(was_training)
         return torch.cat(chunks) if chunks else torch.empty(0)
@@ -218,38 +190,131 @@ def _splits(adata, eval_split):
     return idx, eval_split
 
 
-def _history_callback():
-    import lightning.pytorch as pl
 
-    class History(pl.Callback):
-        def __init__(self):
-            self.rows = []
+@dataclass(frozen=True)
+class FitOptions:
+    """How :func:`fit` trains: the protocol's knobs in one object (defaults: the paper's).
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            self.rows.append({"step": trainer.global_step, "train_loss": float(loss), "val_mse": np.nan})
+    Pass one to ``fit(..., options=FitOptions(...))``, or give any field as a keyword of
+    ``fit`` (``fit('stnet', adata, steps=30)``), which overrides the options object.
 
-        def on_validation_epoch_end(self, trainer, pl_module):
-            if trainer.sanity_checking or "val_mse" not in trainer.callback_metrics:
-                return
-            v = float(trainer.callback_metrics["val_mse"])
-            if self.rows and self.rows[-1]["step"] == trainer.global_step:
-                self.rows[-1]["val_mse"] = v
-            else:
-                self.rows.append({"step": trainer.global_step, "train_loss": np.nan, "val_mse": v})
+    Attributes
+    ----------
+    steps
+        Optimiser steps (the paper: 1,000). ``SPARED_MAX_STEPS`` caps it
+        (:func:`spared_lib.engine.cap_steps`).
+    lr
+        Learning rate; ``None`` uses the registry's default for the model
+        (:data:`spared_lib.models.MODELS`).
+    batch_size
+        Spots per optimiser step for ``batching='spot'`` models (the paper: 256). Slide models
+        take one slide (or crop of ≤ ``model.max_spots``) per step.
+    micro_batch_size
+        Largest batch put through the model at once; when smaller than ``batch_size`` the step
+        accumulates gradients over ``batch_size / micro_batch_size`` micro-batches, so the
+        effective batch stays ``batch_size``. ``None``: no accumulation.
+    seed
+        Seeds model initialisation, shuffling and augmentation; CPU runs repeat exactly.
+    pretrained
+        ``'imagenet'`` (the paper's: torchvision's ImageNet weights for the backbone), ``None``
+        (random initialisation) or a path to a checkpoint; see :func:`spared_lib.models.build_model`.
+    size
+        ``'paper'`` (the original architectures) or ``'small'`` (CPU-friendly; no ImageNet weights).
+    model_kwargs
+        More keywords of :func:`spared_lib.models.build_model`.
+    device, devices, precision
+        ``device='auto'`` uses a GPU when there is one, in mixed precision (bf16 where supported,
+        else fp16); ``devices`` GPUs run DDP. ``precision`` overrides Lightning's precision.
+    val_every
+        Validate every this many steps (default ``max(1, steps // 10)``).
+    eval_split
+        ``'test'`` or ``'val'``; default test where the dataset has one.
+    tta
+        8-symmetry test-time averaging at validation and evaluation; ``None`` follows the model
+        (on for ST-Net).
+    observed_only_loss
+        Restrict the training loss to observed entries. Default False, as the original SpaRED
+        trainer: the loss covers every entry of the target layer, which is how completed targets
+        (``c_t_log1p``) change training. Metrics use observed entries only.
+    out_dir
+        Where the best checkpoint goes (a temporary folder when ``None``).
+    num_workers, eval_batch_size
+        Loader processes (default: none on CPU) and the evaluation batch (default ``batch_size``).
+    progress, verbose
+        Progress bar; one line saying what is trained.
+    """
 
-        def frame(self) -> pd.DataFrame:
-            return pd.DataFrame(self.rows, columns=["step", "train_loss", "val_mse"])
+    steps: int = 1000
+    lr: float | None = None
+    batch_size: int = 256
+    micro_batch_size: int | None = None
+    seed: int = 0
+    pretrained: Any = "imagenet"
+    size: str = "paper"
+    model_kwargs: dict | None = None
+    device: str = "auto"
+    devices: Any = "auto"
+    precision: str | None = None
+    val_every: int | None = None
+    eval_split: str | None = None
+    tta: bool | None = None
+    observed_only_loss: bool = False
+    out_dir: Any = None
+    num_workers: int | None = None
+    eval_batch_size: int | None = None
+    progress: bool = True
+    verbose: bool = True
 
-    return History()
+    def replace(self, **changes) -> "FitOptions":
+        """A copy with ``changes``; an unknown name is a ``TypeError`` that lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"fit: unknown option(s) {unknown}; FitOptions has {sorted(names)}")
+        return dataclasses.replace(self, **changes)
 
 
-def fit(model_name, adata, target_layer: str = "c_d_log1p", steps: int = 1000, lr: float | None = None, *,
-        patches=None, batch_size: int = 256, seed: int = 0, pretrained=None, size: str = "paper",
-        device: str = "auto", out_dir=None, eval_split: str | None = None, val_every: int | None = None,
-        tta: bool | None = None, model_kwargs: dict | None = None, devices="auto",
-        num_workers: int | None = None, eval_batch_size: int | None = None, progress: bool = True,
-        precision: str | None = None, verbose: bool = True, observed_only_loss: bool = False) -> FitResult:
+def accumulation(batch_size: int, micro_batch_size: int | None) -> tuple[int, int]:
+    """``(micro-batch, micro-batches per step)`` whose product is exactly ``batch_size``.
+
+    The number of micro-batches is the smallest divisor of ``batch_size`` that brings each
+    micro-batch to at most ``micro_batch_size``, so every optimiser step sees ``batch_size`` spots.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if micro_batch_size is None or micro_batch_size >= batch_size:
+        return batch_size, 1
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    k = math.ceil(batch_size / micro_batch_size)
+    while batch_size % k:
+        k += 1
+    return batch_size // k, k
+
+
+def _build(model_name, adata, opt: FitOptions):
+    """The model to train, its name and learning rate."""
+    if isinstance(model_name, str):
+        model = build_model(model_name, adata.n_vars, pretrained=opt.pretrained, size=opt.size,
+                            **(opt.model_kwargs or {}))
+        return model, model_name, get_entry(model_name).lr if opt.lr is None else opt.lr
+    if opt.lr is None:
+        raise ValueError("fit(model, ...) with a model instance needs an explicit lr")
+    return model_name, getattr(model_name, "name", type(model_name).__name__), opt.lr
+
+
+def _attach_targets(model: SpotModel, targets: Targets, target_layer: str) -> None:
+    # the Δ offset travels with the model (and its checkpoint) so predict() needs no adata.var
+    offset = torch.as_tensor(targets.offset)
+    if "target_offset" in getattr(model, "_buffers", {}):
+        model.target_offset = offset
+    else:
+        model.register_buffer("target_offset", offset)
+    model.target_layer = target_layer
+
+
+def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions | None = None, *,
+        patches=None, **overrides) -> FitResult:
     """Train a model on one preprocessed dataset and score its best checkpoint.
 
     Parameters
@@ -261,36 +326,13 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", steps: int = 1000, l
     target_layer
         ``'c_d_log1p'`` (raw, median-completed) or ``'c_t_log1p'`` (SpaCKLE-completed).
         Δ models train on the matching ``*_deltas`` layer.
-    steps
-        Optimiser steps (the paper: 1,000).
-    lr
-        Learning rate; ``None`` uses the registry's default for the model.
+    options
+        A :class:`FitOptions` (default: the paper's protocol).
     patches
         ``(n_obs, 224, 224, 3)`` uint8 aligned with ``adata``; ``None`` extracts them with
         :func:`spared_lib.preprocessing.extract_patches`.
-    batch_size
-        Spots per batch for ``batching='spot'`` models (the paper: 256). Slide models
-        take one slide (or crop of ≤ ``model.max_spots``) per step.
-    seed
-        Seeds model initialisation, shuffling and augmentation; CPU runs repeat exactly.
-    pretrained, size, model_kwargs
-        Passed to :func:`spared_lib.models.build_model`.
-    device
-        ``'auto'`` (GPU if present), ``'cpu'`` or ``'cuda'``. On GPU training uses mixed
-        precision (bf16 where supported, else fp16); with several GPUs Lightning runs DDP.
-    out_dir
-        Where the best checkpoint goes (a temporary folder when ``None``).
-    eval_split
-        ``'test'`` or ``'val'``; default test where the dataset has one.
-    val_every
-        Validate every this many steps (default ``max(1, steps // 10)``).
-    tta
-        8-symmetry test-time averaging at validation and evaluation; ``None`` follows
-        the model (on for ST-Net).
-    observed_only_loss
-        Restrict the training loss to observed entries (the original's ``robust_loss``).
-        Default False, as the original: the loss covers every entry of the target layer, which
-        is how completed targets (``c_t_log1p``) change training. Metrics use observed entries only.
+    **overrides
+        Fields of :class:`FitOptions` (``steps``, ``lr``, ``batch_size``, ``pretrained``, ...).
 
     Returns
     -------
@@ -301,23 +343,13 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", steps: int = 1000, l
     Introduced in ``notebooks/04_patch_models.py``.
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    dev = resolve_device(device)
-    pl.seed_everything(seed, workers=True, verbose=False)
-
-    if isinstance(model_name, str):
-        name = model_name
-        model = build_model(name, adata.n_vars, pretrained=pretrained, size=size, **(model_kwargs or {}))
-        lr = get_entry(name).lr if lr is None else lr
-    else:
-        model, name = model_name, getattr(model_name, "name", type(model_name).__name__)
-        if lr is None:
-            raise ValueError("fit(model, ...) with a model instance needs an explicit lr")
+    opt = (options or FitOptions()).replace(**overrides)
+    dev = resolve_device(opt.device)
+    pl.seed_everything(opt.seed, workers=True, verbose=False)
+    model, name, lr = _build(model_name, adata, opt)
     targets = read_targets(adata, target_layer, model.uses_deltas)
-    idx, eval_split = _splits(adata, eval_split)
+    idx, eval_split = _splits(adata, opt.eval_split)
 
     if patches is None:
         from spared_lib.preprocessing import extract_patches
@@ -326,72 +358,48 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", steps: int = 1000, l
     check_patches(patches, adata.n_obs)
     meta = spot_meta(adata)
     neighbors = first_ring(adata)
-
-    # the Δ offset travels with the model (and its checkpoint) so predict() needs no adata.var
-    offset = torch.as_tensor(targets.offset)
-    if "target_offset" in getattr(model, "_buffers", {}):
-        model.target_offset = offset
-    else:
-        model.register_buffer("target_offset", offset)
-    model.target_layer = target_layer
-
+    _attach_targets(model, targets, target_layer)
     model.to(dev)
-    ctx = FitContext(adata=adata, patches=patches, target=targets.target, mask=targets.mask,
-                     train_index=idx["train"], neighbors=neighbors, device=torch.device(dev),
-                     encode=make_encoder(adata, patches, dev))
-    model.prepare(ctx)
+    model.prepare(FitContext(adata=adata, patches=patches, target=targets.target, mask=targets.mask,
+                             train_index=idx["train"], neighbors=neighbors, device=torch.device(dev),
+                             encode=make_encoder(adata, patches, dev)))
 
-    workers = _default_workers(dev) if num_workers is None else num_workers
-    gen = torch.Generator().manual_seed(seed)
+    micro, accumulate = (accumulation(opt.batch_size, opt.micro_batch_size) if model.batching == "spot"
+                         else (opt.batch_size, 1))
+    workers = default_workers(dev) if opt.num_workers is None else opt.num_workers
     common = dict(neighbors=neighbors, max_spots=getattr(model, "max_spots", 1024), num_workers=workers)
-    train_loader = make_loader(model.batching, patches, targets, meta, idx["train"], batch_size=batch_size,
-                               train=True, generator=gen, **common)
+    train_loader = make_loader(model.batching, patches, targets, meta, idx["train"], batch_size=micro, train=True,
+                               generator=torch.Generator().manual_seed(opt.seed), **common)
     val_loader = make_loader(model.batching, patches, targets, meta, idx["val"],
-                             batch_size=eval_batch_size or batch_size, train=False, **common)
+                             batch_size=opt.eval_batch_size or opt.batch_size, train=False, **common)
 
-    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"spared_fit_{name}_"))
-    ckpt = ModelCheckpoint(dirpath=out_dir, filename=f"{name}-best-{{step}}", monitor="val_mse", mode="min",
-                           save_top_k=1, save_last=False)
-    history = _history_callback()
-    callbacks = [ckpt, history] + ([TQDMProgressBar(refresh_rate=max(1, steps // 50))] if progress else [])
-    if precision is None:
-        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if dev == "cuda" else "32-true"
-    val_every = val_every or max(1, steps // 10)
-    trainer = pl.Trainer(
-        accelerator="gpu" if dev == "cuda" else dev, devices=devices if dev == "cuda" else 1,
-        strategy="auto", precision=precision, max_steps=steps, val_check_interval=min(val_every, steps),
-        check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False, callbacks=callbacks,
-        enable_progress_bar=progress, enable_model_summary=False, deterministic=dev == "cpu",
-        default_root_dir=out_dir, log_every_n_steps=1,
-    )
-    module = SpotModule(model, lr=lr, tta=tta, observed_only_loss=observed_only_loss)
+    run = make_trainer(opt.steps, device=dev, val_every=opt.val_every, out_dir=opt.out_dir, name=name,
+                       precision=opt.precision, devices=opt.devices, accumulate_grad_batches=accumulate,
+                       progress=opt.progress)
+    module = SpotModule(model, lr=lr, tta=opt.tta, observed_only_loss=opt.observed_only_loss)
     n_params = count_parameters(model)
-    if verbose:
+    if opt.verbose:
+        batch = (f"batch {opt.batch_size}" + (f" as {accumulate} × {micro}" if accumulate > 1 else "")
+                 if model.batching == "spot" else "one slide (or crop) per step")
         print(f"fit {name}: {n_params:,} trainable parameters, target {target_layer}"
-              f"{' (as deltas)' if model.uses_deltas else ''}, {steps} steps, lr {lr:g}, on {dev} ({precision}); "
-              f"train/val/{eval_split} = {len(idx['train'])}/{len(idx['val'])}/{len(idx[eval_split])} spots")
+              f"{' (as deltas)' if model.uses_deltas else ''}, {run.steps} steps, lr {lr:g}, {batch}, "
+              f"on {dev} ({run.precision}); train/val/{eval_split} = "
+              f"{len(idx['train'])}/{len(idx['val'])}/{len(idx[eval_split])} spots", flush=True)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*(smaller than the logging interval|isn't divisible).*")
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    run.fit(module, train_loader, val_loader)
     wall = time.perf_counter() - t0
 
-    best_path = ckpt.best_model_path or None
-    if best_path:
-        state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    best_step = None
-    hist = history.frame()
-    if len(hist) and hist["val_mse"].notna().any():
-        best_step = int(hist.loc[hist["val_mse"].idxmin(), "step"])
+    best_step = run.load_best(module)
     model = module.model.eval()
-    use_tta = module.tta
-    pred = predict(model, adata, patches, idx[eval_split], batch_size=eval_batch_size or batch_size,
-                   device=dev, tta=use_tta, num_workers=workers)
+    pred = predict(model, adata, patches, idx[eval_split], batch_size=opt.eval_batch_size or opt.batch_size,
+                   device=dev, tta=module.tta, num_workers=workers)
     metrics = compute_metrics(targets.y[idx[eval_split]], pred, targets.mask[idx[eval_split]])
-    best = ckpt.best_model_score
+    best = run.checkpoint.best_model_score
     return FitResult(model=model, metrics=metrics, best_val_mse=float(best) if best is not None else float("nan"),
-                     eval_split=eval_split, checkpoint_path=best_path, n_params=n_params, wall_time_s=wall,
-                     device=dev, history=hist, model_name=name, target_layer=target_layer, predictions=pred,
-                     eval_index=idx[eval_split], best_step=best_step)
+                     eval_split=eval_split, checkpoint_path=run.checkpoint.best_model_path or None,
+                     n_params=n_params, wall_time_s=wall, device=dev, history=run.history.frame(),
+                     model_name=name, target_layer=target_layer, predictions=pred,
+                     eval_index=idx[eval_split], best_step=best_step,
+                     extra={"steps": run.steps, "lr": lr, "batch_size": opt.batch_size, "micro_batch_size": micro,
+                            "accumulate_grad_batches": accumulate, "precision": run.precision,
+                            "pretrained": None if opt.pretrained is None else str(opt.pretrained)})
