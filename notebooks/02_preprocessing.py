@@ -102,7 +102,7 @@ pd.Series(filtered.uns["filter"]).to_frame("value").T
 
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
-plotting.plot_filter_curve(filtered.uns["filter_curve"], 0.7, filtered.n_vars, NAME, ax=ax)
+plotting.plot_filter_curve(filtered.uns["filter_curve"], 0.7, filtered.n_vars, data_label=NAME, ax=ax)
 _ = ax.set(ylim=(0, 1.02))
 
 # %% [markdown]
@@ -123,7 +123,7 @@ print(f"{steps.n_vars} genes with a GENCODE length "
       f"({steps.uns['preprocessing']['n_genes_without_length']} dropped); layers: {list(steps.layers)}")
 
 # %%
-fig = plotting.plot_value_distributions(steps, ("counts", "tpm", "log1p"), data_name=NAME)
+fig = plotting.plot_value_distributions(steps, ("counts", "tpm", "log1p"), data_label=NAME)
 
 # %% [markdown]
 # Counts and TPM span orders of magnitude; the log compresses them into a range where squared errors
@@ -248,7 +248,7 @@ n_keep = int(adata.uns["dataset"]["n_genes"])
 ranked = pp.moran_genes(steps, from_layer="d_log1p", n_genes=steps.n_vars, subset=True)
 selected = ranked[:, :n_keep].copy()
 fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=100)
-_ = plotting.plot_moran_ranking(ranked.var["d_log1p_moran"].to_numpy(), n_keep, NAME, ax=ax)
+_ = plotting.plot_moran_ranking(ranked.var["d_log1p_moran"].to_numpy(), n_keep, data_label=NAME, ax=ax)
 
 # %%
 top, bottom = ranked.var_names[0], ranked.var_names[-1]
@@ -273,7 +273,7 @@ pp.combat(selected, batch_key=key, from_layer="log1p", to_layer="c_log1p")
 pp.combat(selected, batch_key=key, from_layer="d_log1p", to_layer="c_d_log1p")
 fig = plotting.plot_pca_by_slide({"d_log1p (before)": selected.layers["d_log1p"],
                                   "c_d_log1p (after ComBat)": selected.layers["c_d_log1p"]},
-                                 selected.obs["slide_id"], NAME)
+                                 selected.obs["slide_id"], data_label=NAME)
 
 # %%
 def slide_separation(X, slides):
@@ -298,7 +298,7 @@ print(f"variance explained by the slide: before {slide_separation(selected.layer
 for src, dst in (("log1p", "deltas"), ("d_log1p", "d_deltas"), ("c_log1p", "c_deltas"), ("c_d_log1p", "c_d_deltas")):
     pp.deltas(selected, from_layer=src, to_layer=dst)
 pp.add_mask(selected)
-fig = plotting.plot_delta_distributions(selected, ("c_d_log1p", "c_d_deltas"), n_genes=6, data_name=NAME)
+fig = plotting.plot_delta_distributions(selected, ("c_d_log1p", "c_d_deltas"), n_genes=6, data_label=NAME)
 
 # %%
 train = (selected.obs["split"] == "train").to_numpy()
@@ -335,7 +335,7 @@ pd.Series(processed.uns["preprocessing"]["timings_s"]).round(3).to_frame("second
 # %%
 patches = pp.extract_patches(processed, size=224, path=data.cache_dir() / f"{NAME}_patches.npy")
 print(f"{patches.shape} {patches.dtype}, {patches.nbytes / 2**20:.0f} MB on disk at {patches.filename}")
-fig = plotting.plot_patch_gallery(processed, patches, n=6, seed=SEED, data_name=NAME)
+fig = plotting.plot_patch_gallery(processed, patches, n=6, seed=SEED, data_label=NAME)
 
 # %% [markdown]
 # At test time ST-Net averages its predictions over the 8 symmetries of the patch (4 rotations, with
@@ -393,7 +393,7 @@ if have_fixtures:
     her = data.load_dataset(data.fixture_dataset("her2st"))
     her_p = pp.preprocess(her)
     her_patches = pp.extract_patches(her_p, source="fullres")
-    fig = plotting.plot_patch_gallery(her_p, her_patches, n=6, seed=SEED, data_name="her2st (real)")
+    fig = plotting.plot_patch_gallery(her_p, her_patches, n=6, seed=SEED, data_label="her2st (real)")
     print(f"her2st: {her_p.n_obs} spots, {her_p.uns['preprocessing']['n_genes_filtered']} genes after "
           f"filtering, {her_p.n_vars} selected; missing {her_p.uns['preprocessing']['missing_fraction']:.1%}")
 

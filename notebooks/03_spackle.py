@@ -194,7 +194,7 @@ print(f"{LABEL}: training with {BETTER!r} inputs for the missing entries gives t
 
 # %%
 model, history = completion.train_spackle(adata, steps=STEPS, train_input=BETTER, **size)
-fig = plotting.training_curves({BETTER: history}, LABEL)
+fig = plotting.plot_training_curves({BETTER: history}, data_label=LABEL, title="SpaCKLE training")
 
 # %%
 print(f"best validation MSE {model.meta['best_val_mse']:.4f} at step {model.meta['best_step']} "
@@ -254,8 +254,8 @@ print(f"{LABEL}: SpaCKLE lowers the completion MSE by {RED_MEDIAN:.1f} % against
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-plotting.completion_violin(results, f"{LABEL}, all fractions and seeds", ax=axes[0])
-plotting.mse_vs_masking(results, LABEL, ax=axes[1])
+plotting.completion_violin(results, data_label=f"{LABEL}, all fractions and seeds", ax=axes[0])
+plotting.mse_vs_masking(results, data_label=LABEL, ax=axes[1])
 fig.tight_layout()
 
 # %% [markdown]
@@ -278,7 +278,7 @@ for frac in show:
                   "spackle": r["spackle"]["completed"][:, gene_i]}
 held = adata.obs.loc[adata.obs["split"].astype(str) != "train", "slide_id"]
 slide = str(held.iloc[0]) if len(held) else str(adata.obs["slide_id"].iloc[0])
-fig = plotting.qualitative_panel(adata, adata.var_names[gene_i], qual, slide, LABEL, show)
+fig = plotting.qualitative_panel(adata, adata.var_names[gene_i], qual, slide, show, data_label=LABEL)
 
 # %% [markdown]
 # ## Exercises

@@ -170,7 +170,7 @@ for name in PATCH_MODELS:  # four models: a loop over models, not data
                         val_every=VAL_EVERY, model_kwargs={"image_size": PATCH_SIZE})
 
 # %%
-fig = plotting.plot_training_curves({MODELS[n].display: r.history for n, r in results.items()}, data=DATA_NAME)
+fig = plotting.plot_training_curves({MODELS[n].display: r.history for n, r in results.items()}, data_label=DATA_NAME)
 
 # %% [markdown]
 # ## Metrics
@@ -204,7 +204,7 @@ per_gene = pd.concat([
     pd.DataFrame({"model": MODELS[n].display, "gene": adata.var_names,
                   "pcc": per_gene_metrics(y_true, r.predictions, mask)["pcc"]})
     for n, r in results.items()])
-fig = plotting.plot_per_gene_pcc(per_gene, data=DATA_NAME)
+fig = plotting.plot_per_gene_pcc(per_gene, data_label=DATA_NAME)
 
 # %% [markdown]
 # ## Predicted and true expression maps
@@ -218,7 +218,7 @@ best_name = next(n for n in PATCH_MODELS if MODELS[n].display == best)
 gene_pcc = per_gene[per_gene["model"] == best].set_index("gene")["pcc"]
 genes = list(gene_pcc.nlargest(3).index)
 fig = plotting.plot_expression_maps(adata, {MODELS[n].display: results[n].predictions for n in PATCH_MODELS},
-                                    genes, eval_idx, layer=TARGET_LAYER, data=DATA_NAME)
+                                    genes, eval_idx, layer=TARGET_LAYER, data_label=DATA_NAME)
 
 # %% [markdown]
 # ## What Δ and test-time averaging change

@@ -207,7 +207,7 @@ table.style.format({"MSE": "{:.3f}", "MAE": "{:.3f}", "PCC-Gene": "{:.3f}", "PCC
 
 # %%
 fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=100)
-plotting.plot_metric_vs_params(table, ax=ax, metric="MSE", params="n_params", data=DATA_NAME)
+plotting.plot_metric_vs_params(table, ax=ax, metric="MSE", params="n_params", data_label=DATA_NAME)
 rho = table[["n_params", "MSE"]].corr(method="spearman").iloc[0, 1]
 largest, best = table["n_params"].idxmax(), table["MSE"].idxmin()
 _ = ax.set(ylabel="test MSE")

@@ -205,7 +205,7 @@ gain
 
 # %%
 label = " + ".join(datasets) + (" (fast mode: tiny models, few steps)" if FAST else "")
-fig = plotting.plot_best_pcc(res, data=label)
+fig = plotting.plot_best_pcc(res, data_label=label)
 
 # %% [markdown]
 # **Fig. 4a** — each model's MSE divided by the best MSE on the same dataset (1 = the best model),
@@ -213,8 +213,8 @@ fig = plotting.plot_best_pcc(res, data=label)
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), dpi=100, gridspec_kw={"width_ratios": [2.2, 1]})
-plotting.plot_normalised_mse(res, ax=ax1, data=label)
-plotting.plot_best_model_pie(res, ax=ax2, data=label)
+plotting.plot_normalised_mse(res, ax=ax1, data_label=label)
+plotting.plot_best_model_pie(res, ax=ax2, data_label=label)
 fig.tight_layout()
 
 # %% [markdown]
@@ -222,7 +222,7 @@ fig.tight_layout()
 # trained here* (`size='small'` in fast mode, so far fewer than the originals).
 
 # %%
-fig = plotting.plot_mse_vs_params(res, data=label)
+fig = plotting.plot_mse_vs_params(res, data_label=label)
 
 # %% [markdown]
 # With a few training steps on tiny slides these figures show the machinery, not the science: the
@@ -246,9 +246,9 @@ pub.pivot_table(index="abbreviation", columns="model", values="MSE").round(3).he
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(17, 4.2), dpi=100, gridspec_kw={"width_ratios": [2.2, 1, 1.3]})
-plotting.plot_normalised_mse(pub, ax=axes[0], data="published SpaRED results (26 datasets)")
-plotting.plot_best_model_pie(pub, ax=axes[1], data="published SpaRED results")
-plotting.plot_mse_vs_params(pub, ax=axes[2], data="published SpaRED results")
+plotting.plot_normalised_mse(pub, ax=axes[0], data_label="published SpaRED results (26 datasets)")
+plotting.plot_best_model_pie(pub, ax=axes[1], data_label="published SpaRED results")
+plotting.plot_mse_vs_params(pub, ax=axes[2], data_label="published SpaRED results")
 fig.tight_layout()
 
 # %%

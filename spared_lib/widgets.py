@@ -22,6 +22,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+# One gene lookup for the library's figures; re-exported here because the explorers take genes too.
+from .plotting._common import EXPRESSION_UNIT, _ax, _data_label, gene_index, gene_label, layer_unit
+
+__all__ = ["DEFAULT_LAYERS", "Explorer", "crop", "default_genes", "explore_expression", "explore_spot",
+           "expression_map", "expression_sources", "figure_png", "gene_index", "spot_patch", "spot_profile",
+           "spot_view"]
+
 #: Layers shown by default, in this order, when present: label → layer name.
 DEFAULT_LAYERS = {
     "raw (log1p)": "log1p",
@@ -79,30 +86,11 @@ def _matrix(adata, source) -> np.ndarray:
     return values.toarray() if sp.issparse(values) else np.asarray(values)
 
 
-def gene_index(adata, gene: str) -> int:
-    """Position of ``gene`` (an Ensembl id in ``var_names`` or a ``var['gene_symbol']``).
-
-    Introduced in ``notebooks/07_your_own_data.py``.
-    """
-    if gene in adata.var_names:
-        return int(adata.var_names.get_loc(gene))
-    if "gene_symbol" in adata.var:
-        hits = np.flatnonzero(adata.var["gene_symbol"].astype(str).to_numpy() == gene)
-        if hits.size:
-            return int(hits[0])
-    raise KeyError(f"gene {gene!r} is neither in var_names nor in var['gene_symbol'] "
-                   f"({adata.n_vars} genes, e.g. {list(adata.var_names[:3])})")
-
-
-def _gene_label(adata, j: int) -> str:
-    gene = str(adata.var_names[j])
-    symbol = str(adata.var["gene_symbol"].iloc[j]) if "gene_symbol" in adata.var else ""
-    return f"{symbol} ({gene})" if symbol and symbol != gene else gene
-
-
-def _dataset_name(adata) -> str:
-    info = adata.uns.get("dataset") or {}
-    return str(info.get("key") or "data")
+def _dataset_name(adata, data_label=None) -> str:
+    try:
+        return _data_label(data_label, adata)
+    except ValueError:  # a section read on its own: the slide's name is all there is
+        return "data"
 
 
 def _slides(adata) -> list[str]:
@@ -131,7 +119,7 @@ def default_genes(adata, n: int = 20) -> np.ndarray:
 # --------------------------------------------------------------------------- static figures
 def expression_map(adata, gene: str, source: str, *, sources: Mapping | None = None,
                    slide_id: str | None = None, ax=None, shared_scale: bool = True,
-                   cmap: str = "viridis"):
+                   cmap: str = "viridis", data_label: str | None = None, colorbar_label: str | None = None):
     """Map one gene of one source over the H&E image of one slide.
 
     Parameters
@@ -145,6 +133,11 @@ def expression_map(adata, gene: str, source: str, *, sources: Mapping | None = N
     shared_scale
         Use one colour scale for every source (the 1st–99th percentile of the gene over all of
         them on this slide), so that switching sources compares like with like.
+    data_label
+        The data's name in the title (default ``uns['dataset']['key']``).
+    colorbar_label
+        Unit of the colour bar; default: the layer's (:func:`spared_lib.plotting.layer_unit`),
+        log2(TPM+1) for a prediction.
 
     Returns
     -------
@@ -167,9 +160,11 @@ def expression_map(adata, gene: str, source: str, *, sources: Mapping | None = N
         every = every[np.isfinite(every)]
         if every.size:
             vmin, vmax = np.percentile(every, [1, 99])
-    title = f"{_dataset_name(adata)} — {slide_id}\n{_gene_label(adata, j)}: {source}"
+    title = f"{_dataset_name(adata, data_label)} — {slide_id}\n{gene_label(adata, j)}: {source}"
+    if colorbar_label is None:
+        colorbar_label = layer_unit(sources[source]) if isinstance(sources[source], str) else EXPRESSION_UNIT
     return spatial_scatter(adata, values, slide_id=slide_id, ax=ax, cmap=cmap, title=title,
-                           vmin=vmin, vmax=vmax)
+                           vmin=vmin, vmax=vmax, colorbar_label=colorbar_label)
 
 
 def crop(image: np.ndarray, centre_xy, half: int) -> np.ndarray:
@@ -229,8 +224,7 @@ def spot_profile(adata, spot: int, *, sources: Mapping | None = None, genes=None
     sources = expression_sources(adata) if sources is None else sources
     genes = default_genes(adata) if genes is None else np.asarray(
         [gene_index(adata, g) if isinstance(g, str) else int(g) for g in genes])
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 0.25 * len(genes) + 1), dpi=100)
+    _, ax = _ax(ax, (4, 0.25 * len(genes) + 1))
     observed = (np.asarray(_matrix(adata, "mask")[spot, genes], dtype=bool)
                 if "mask" in adata.layers else np.ones(len(genes), bool))
     rows = np.arange(len(genes))
@@ -240,15 +234,16 @@ def spot_profile(adata, spot: int, *, sources: Mapping | None = None, genes=None
         ax.scatter(values[observed], rows[observed], color=colours(k % 10), label=label, s=24, zorder=3)
         ax.scatter(values[~observed], rows[~observed], facecolors="none", edgecolors=colours(k % 10),
                    s=24, zorder=3)
-    ax.set_yticks(rows, [_gene_label(adata, j).split(" (")[0] for j in genes], fontsize="small")
+    ax.set_yticks(rows, [gene_label(adata, j, with_id=False) for j in genes], fontsize="small")
     ax.invert_yaxis()
     ax.grid(axis="y", lw=0.3)
-    ax.set_xlabel("expression (log2 TPM + 1 scale)")
+    ax.set_xlabel(f"expression ({EXPRESSION_UNIT})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
     return ax.figure
 
 
-def spot_view(adata, spot: int, *, sources: Mapping | None = None, patches=None, genes=None):
+def spot_view(adata, spot: int, *, sources: Mapping | None = None, patches=None, genes=None, ax=None,
+              data_label: str | None = None):
     """Three panels for one spot: where it is on the slide, its image, and its expression profile.
 
     Parameters
@@ -258,6 +253,8 @@ def spot_view(adata, spot: int, *, sources: Mapping | None = None, patches=None,
     patches
         Optional array-like ``(n_obs, H, W, 3)`` aligned with ``adata.obs`` (e.g. from
         ``spared_lib.preprocessing.extract_patches``).
+    ax
+        Three axes: map, image, profile (a new figure when None).
 
     Returns
     -------
@@ -265,22 +262,19 @@ def spot_view(adata, spot: int, *, sources: Mapping | None = None, patches=None,
 
     Introduced in ``notebooks/07_your_own_data.py``.
     """
-    import matplotlib.pyplot as plt
-
-    from .plotting.spatial import spatial_scatter
+    from .plotting.spatial import slide_image, spatial_scatter
 
     spot = int(spot)
     if not 0 <= spot < adata.n_obs:
         raise IndexError(f"spot {spot} out of range: adata has {adata.n_obs} spots")
     sources = expression_sources(adata) if sources is None else sources
     slide_id = str(adata.obs["slide_id"].iloc[spot])
-    fig = plt.figure(figsize=(12, 4.2), dpi=100)
-    ax_map, ax_patch, ax_prof = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.1, 0.8, 1.2]})
+    fig, axes = _ax(ax, (12, 4.2), shape=(1, 3),
+                    gridspec_kw={"width_ratios": [1.1, 0.8, 1.2]} if ax is None else None)
+    ax_map, ax_patch, ax_prof = axes.flat
     sel = _slide_spots(adata, slide_id)
     spatial_scatter(adata, None, slide_id=slide_id, ax=ax_map, alpha=0.25,
-                    title=f"{_dataset_name(adata)} — {slide_id}")
-    from .plotting.spatial import slide_image
-
+                    title=f"{_dataset_name(adata, data_label)} — {slide_id}")
     _, scale = slide_image(adata, slide_id)
     x, y = np.asarray(adata.obsm["spatial"][spot], dtype=float) * scale
     ax_map.scatter([x], [y], s=120, facecolors="none", edgecolors="red", linewidths=2)
@@ -291,7 +285,6 @@ def spot_view(adata, spot: int, *, sources: Mapping | None = None, patches=None,
     ax_patch.set_title(f"spot {adata.obs_names[spot]}\n{caption}", fontsize="small")
     spot_profile(adata, spot, sources=sources, genes=genes, ax=ax_prof)
     ax_prof.set_title(f"expression of spot {spot} (of {sel.size} on the slide)", fontsize="small")
-    fig.tight_layout()
     return fig
 
 
@@ -419,7 +412,7 @@ def explore_expression(adata, *, predictions: Mapping[str, np.ndarray] | None = 
     """
     sources = expression_sources(adata, predictions, layers)
     slides = _slides(adata)
-    genes = [(_gene_label(adata, j), str(adata.var_names[j])) for j in
+    genes = [(gene_label(adata, j), str(adata.var_names[j])) for j in
              np.r_[default_genes(adata, adata.n_vars)]]
     state = {"slide": str(slide_id) if slide_id is not None else slides[0],
              "gene": str(adata.var_names[gene_index(adata, gene)]) if gene is not None else genes[0][1],
@@ -429,9 +422,7 @@ def explore_expression(adata, *, predictions: Mapping[str, np.ndarray] | None = 
     _slide_spots(adata, state["slide"])
 
     def draw(slide, gene, source):
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+        _, ax = _ax(None, (6, 5))
         return expression_map(adata, gene, source, sources=sources, slide_id=slide, ax=ax)
 
     return Explorer(draw, {"slide": slides, "gene": genes, "source": list(sources)}, state)

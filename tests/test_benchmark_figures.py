@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 
 from spared_lib.benchmark import (best_per_dataset, compare_with_published, load_published_results,  # noqa: E402
                                   normalised_mse)
+from spared_lib.models import MODELS  # noqa: E402
 from spared_lib.plotting import benchmark as pb  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "spared_published_results.csv"
@@ -74,7 +75,7 @@ def test_normalised_mse_and_winners_by_hand(pub):
 def test_fig1b_best_pcc_points(pub):
     raw = pub.assign(target="raw", PCC=pub.PCC - 0.1)
     both = pd.concat([raw, pub.assign(target="completed")])
-    fig = pb.plot_best_pcc(both, metric="PCC", data="published SpaRED (raw shifted, synthetic contrast)")
+    fig = pb.plot_best_pcc(both, metric="PCC", data_label="published SpaRED (raw shifted, synthetic contrast)")
     ax = fig.axes[0]
     pts = {c.get_label(): c.get_offsets()[:, 1] for c in ax.collections if c.get_label() in ("raw", "completed")}
     best = pub.groupby("dataset").PCC.max().sort_values(ascending=False)
@@ -86,15 +87,15 @@ def test_fig1b_best_pcc_points(pub):
 
 def test_fig4a_violin_annotations_and_pie(pub):
     fig, (a, b) = plt.subplots(1, 2)
-    pb.plot_normalised_mse(pub, ax=a, data="published SpaRED")
+    pb.plot_normalised_mse(pub, ax=a, data_label="published SpaRED")
     stats = normalised_mse(pub).groupby("model").MSE_norm.agg(["mean", "std"]).sort_values("mean")
     labels = [t.get_text() for t in a.get_xticklabels()]
     assert labels[0] == "ViT-B+Δ"  # the paper: ViT-B+Δ has the best mean normalised MSE
-    assert labels == [pb.MODEL_LABELS[m] for m in stats.index]
+    assert labels == [MODELS[m].display for m in stats.index]
     texts = [t.get_text() for t in a.texts]
     assert texts[0].startswith(f"{stats['mean'].iloc[0]:.2f}") and f"± {stats['std'].iloc[0]:.2f}" in texts[0]
 
-    pb.plot_best_model_pie(pub, ax=b, data="published SpaRED")
+    pb.plot_best_model_pie(pub, ax=b, data_label="published SpaRED")
     wins = best_per_dataset(pub).model.value_counts()
     pct = {t.get_text() for t in b.texts if t.get_text().endswith("%")}
     assert pct == {f"{100 * v / 26:.0f}%" for v in wins.values}
@@ -103,7 +104,7 @@ def test_fig4a_violin_annotations_and_pie(pub):
 
 def test_fig4b_points_are_mean_normalised_mse_vs_params(pub):
     counts = {m: 10 ** (i + 4) for i, m in enumerate(sorted(pub.model.unique()))}
-    fig = pb.plot_mse_vs_params(pub, n_params=counts, data="published SpaRED")
+    fig = pb.plot_mse_vs_params(pub, n_params=counts, data_label="published SpaRED")
     ax = fig.axes[0]
     xy = np.vstack([c.get_offsets() for c in ax.collections])
     mean = normalised_mse(pub).groupby("model").MSE_norm.mean()
@@ -111,16 +112,17 @@ def test_fig4b_points_are_mean_normalised_mse_vs_params(pub):
     np.testing.assert_allclose(xy[np.argsort(xy[:, 0])], expected[np.argsort(expected[:, 0])])
     assert ax.get_xscale() == "log"
     # without counts for some models they are left out and named
-    fig = pb.plot_mse_vs_params(pub, n_params={"stnet": 7e6, "shufflenet": 4.7e5})
-    assert len(fig.axes[0].collections) == 2 and "no parameter count" in fig.axes[0].get_title()
+    fig = pb.plot_mse_vs_params(pub, n_params={"stnet": 7e6, "shufflenet": 4.7e5}, data_label="published SpaRED")
+    points = np.vstack([c.get_offsets() for c in fig.axes[0].collections])
+    assert len(points) == 2 and "no parameter count" in fig.axes[0].get_title()
 
 
 def test_one_target_must_be_chosen(pub):
     both = pd.concat([pub.assign(target="raw"), pub.assign(target="other")])
     with pytest.raises(ValueError, match="pass target"):
-        pb.plot_normalised_mse(both)
+        pb.plot_normalised_mse(both, data_label="published SpaRED")
     with pytest.raises(ValueError, match="no rows with target"):
-        pb.plot_best_model_pie(pub, target="completed")
+        pb.plot_best_model_pie(pub, target="completed", data_label="published SpaRED")
 
 
 def test_compare_with_published_only_shared_datasets(pub):

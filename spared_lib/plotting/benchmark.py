@@ -3,38 +3,32 @@
 Each function takes a tidy results table with one row per (dataset, model, target)
 — :func:`spared_lib.benchmark.final_results` for our runs, or
 :func:`spared_lib.benchmark.load_published_results` for the authors' numbers —
-draws on ``ax`` (created when missing) and returns the figure. ``data`` names the
-data in the title (a figure always says what it shows).
+draws on ``ax`` (created when missing) and returns the figure. ``data_label`` names the
+data in the title (a figure always says what it shows): a table does not know where it came
+from, so these functions ask for it.
+
+:func:`plot_metric_vs_params` is the one "metric against model size" scatter: Fig. 4b draws
+the mean normalised MSE with it, ``notebooks/05_context_models.py`` the test MSE of its models.
 
 Introduced in ``notebooks/06_benchmark.py``.
 """
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
-from spared_lib.benchmark.published import MODEL_LABELS
-from spared_lib.benchmark.summary import best_per_dataset, normalised_mse
+from ._common import _ax, _data_label, _title
 
 #: Colours of the two training scenarios in Fig. 1b (the paper: red raw, blue completed).
 TARGET_COLORS = {"raw": "#d62728", "completed": "#1f77b4", "published": "#555555"}
 
 
-def _ax(ax, figsize):
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize, dpi=100)
-    return ax
-
-
-def _title(main: str, data: str, note: str = "") -> str:
-    """Title lines: what is plotted, then which data."""
-    return "\n".join([main] + ([data] if data else []) + ([note] if note else []))
-
-
 def _label(model: str) -> str:
-    return MODEL_LABELS.get(model, model)
+    """The paper's name of a model (the registry's ``display``), or the name as given."""
+    from spared_lib.models import MODELS
+
+    entry = MODELS.get(model)
+    return entry.display if entry is not None else str(model)
 
 
 def _one_target(results: pd.DataFrame, target: str | None, where: str) -> tuple[pd.DataFrame, str]:
@@ -51,7 +45,7 @@ def _one_target(results: pd.DataFrame, target: str | None, where: str) -> tuple[
     return results[results["target"] == target], target
 
 
-def plot_best_pcc(results: pd.DataFrame, ax=None, metric: str = "PCC-Gene", data: str = "",
+def plot_best_pcc(results: pd.DataFrame, *, data_label: str | None = None, ax=None, metric: str = "PCC-Gene",
                   abbreviations: dict | None = None):
     """Fig. 1b: per dataset, the best PCC over all models, for each training scenario.
 
@@ -63,15 +57,18 @@ def plot_best_pcc(results: pd.DataFrame, ax=None, metric: str = "PCC-Gene", data
     ----------
     results
         One row per (dataset, model, target) with a ``metric`` column.
+    data_label
+        What the figure shows, for the title (e.g. ``'her2st'``).
     metric
         ``'PCC-Gene'`` for our results, ``'PCC'`` for the published table.
-    data
-        What the figure shows, for the title (e.g. ``'synthetic + her2st'``).
     abbreviations
         Optional dataset → short label for the x axis.
 
     Defined in ``notebooks/06_benchmark.py``.
     """
+    from spared_lib.benchmark.summary import best_per_dataset
+
+    label = _data_label(data_label, where="plot_best_pcc")
     res = results if "target" in results.columns else results.assign(target="results")
     best = best_per_dataset(res, metric, higher_is_better=True)
     targets = [t for t in ("raw", "completed") if t in set(best["target"])] or list(dict.fromkeys(best["target"]))
@@ -79,7 +76,7 @@ def plot_best_pcc(results: pd.DataFrame, ax=None, metric: str = "PCC-Gene", data
     wide = best.pivot(index="dataset", columns="target", values=metric).reindex(columns=targets)
     wide = wide.sort_values(targets[-1], ascending=False)
     x = np.arange(len(wide))
-    ax = _ax(ax, (max(4.0, 0.35 * len(wide) + 2), 3.6))
+    fig, ax = _ax(ax, (max(4.0, 0.35 * len(wide) + 2), 3.6))
     if len(targets) > 1:
         ax.vlines(x, wide.min(axis=1), wide.max(axis=1), color="0.75", lw=1.5, zorder=1)
     for t in targets:
@@ -88,12 +85,12 @@ def plot_best_pcc(results: pd.DataFrame, ax=None, metric: str = "PCC-Gene", data
     ax.set_xticks(x, labels, rotation=90, fontsize=8)
     ax.legend(title="training data", fontsize=8, title_fontsize=8, frameon=False)
     ax.set(ylabel=f"best {metric} over models", xlim=(-0.6, len(wide) - 0.4),
-           title=_title(f"Best {metric} per dataset", data))
-    return ax.figure
+           title=_title(f"Best {metric} per dataset", label))
+    return fig
 
 
-def plot_normalised_mse(results: pd.DataFrame, ax=None, metric: str = "MSE", target: str | None = None,
-                        data: str = ""):
+def plot_normalised_mse(results: pd.DataFrame, *, data_label: str | None = None, ax=None, metric: str = "MSE",
+                        target: str | None = None):
     """Fig. 4a (violin): each model's MSE divided by the best MSE of the dataset.
 
     Models are ordered by mean normalised MSE (best first); ``mean ± sd`` is written
@@ -101,13 +98,18 @@ def plot_normalised_mse(results: pd.DataFrame, ax=None, metric: str = "MSE", tar
 
     Defined in ``notebooks/06_benchmark.py``.
     """
+    import seaborn as sns
+
+    from spared_lib.benchmark.summary import normalised_mse
+
+    label = _data_label(data_label, where="plot_normalised_mse")
     res, target = _one_target(results, target, "plot_normalised_mse")
     norm = normalised_mse(res, metric)
     col = f"{metric}_norm"
     stats = norm.groupby("model")[col].agg(["mean", "std"]).sort_values("mean")
     norm = norm.assign(label=norm["model"].map(_label))
     order = [_label(m) for m in stats.index]
-    ax = _ax(ax, (max(4.0, 0.75 * len(order) + 1.5), 3.8))
+    fig, ax = _ax(ax, (max(4.0, 0.75 * len(order) + 1.5), 3.8))
     sns.violinplot(data=norm, x="label", y=col, order=order, ax=ax, cut=0, inner="point", density_norm="width",
                    color="#9ecae1", linewidth=0.8)
     top = norm[col].max()
@@ -117,29 +119,80 @@ def plot_normalised_mse(results: pd.DataFrame, ax=None, metric: str = "MSE", tar
     ax.set_ylim(top=top * 1.02 + (top - 1) * 0.25 + 0.05)
     ax.tick_params(axis="x", rotation=45)
     ax.set(xlabel="", ylabel=f"{metric} / best {metric} of the dataset",
-           title=_title(f"Normalised {metric} ({target or 'results'})", data))
-    return ax.figure
+           title=_title(f"Normalised {metric} ({target or 'results'})", label))
+    return fig
 
 
-def plot_best_model_pie(results: pd.DataFrame, ax=None, metric: str = "MSE", target: str | None = None,
-                        data: str = ""):
+def plot_best_model_pie(results: pd.DataFrame, *, data_label: str | None = None, ax=None, metric: str = "MSE",
+                        target: str | None = None):
     """Fig. 4a (pie): share of datasets on which each model has the lowest ``metric``.
 
     Defined in ``notebooks/06_benchmark.py``.
     """
+    import seaborn as sns
+
+    from spared_lib.benchmark.summary import best_per_dataset
+
+    label = _data_label(data_label, where="plot_best_model_pie")
     res, target = _one_target(results, target, "plot_best_model_pie")
     wins = best_per_dataset(res, metric)["model"].map(_label).value_counts()
-    ax = _ax(ax, (3.6, 3.6))
+    fig, ax = _ax(ax, (3.6, 3.6))
     colors = sns.color_palette("tab10", len(wins))
     ax.pie(wins.values, labels=wins.index, colors=colors, autopct=lambda p: f"{p:.0f}%",
            startangle=90, counterclock=False, textprops={"fontsize": 8})
-    ax.set(title=_title(f"Best {metric}: share of {int(wins.sum())} datasets", data))
+    ax.set(title=_title(f"Best {metric}: share of {int(wins.sum())} datasets", label))
     ax.axis("equal")
-    return ax.figure
+    return fig
 
 
-def plot_mse_vs_params(results: pd.DataFrame, ax=None, n_params: dict | None = None, metric: str = "MSE",
-                       target: str | None = None, data: str = ""):
+def plot_metric_vs_params(table: pd.DataFrame, *, data_label: str | None = None, ax=None, metric: str = "MSE",
+                          params: str = "n_params", ylabel: str | None = None, title: str | None = None,
+                          note: str = ""):
+    """One point per model: ``metric`` against its number of parameters (log scale), each point
+    labelled with the model's name and Spearman's ρ of the two in the title.
+
+    Parameters
+    ----------
+    table
+        One row per model, indexed by model name (registry names get the paper's labels),
+        with columns ``metric`` and ``params``.
+    data_label
+        The data the metrics come from (a dataset key, "synthetic"); goes in the title.
+    ylabel, title
+        Axis label and first title line (default: ``metric`` and "<metric> vs model size").
+    note
+        A last title line (e.g. which models have no count).
+
+    Introduced in ``notebooks/05_context_models.py``; Fig. 4b (:func:`plot_mse_vs_params`) draws
+    with it in ``notebooks/06_benchmark.py``.
+    """
+    import seaborn as sns
+
+    label = _data_label(data_label, where="plot_metric_vs_params")
+    missing = [c for c in (metric, params) if c not in table.columns]
+    if missing:
+        raise ValueError(f"plot_metric_vs_params: table lacks column(s) {missing} (has {list(table.columns)})")
+    table = table.dropna(subset=[metric, params])
+    fig, ax = _ax(ax, (4.8, 3.6))
+    colors = sns.color_palette("tab10", len(table))
+    ax.scatter(table[params], table[metric], c=colors, s=45, zorder=2)
+    for (name, row), col in zip(table.iterrows(), colors):  # one label per model (at most ten)
+        ax.annotate(_label(name), (row[params], row[metric]), xytext=(4, 3), textcoords="offset points",
+                    fontsize=8, color=col)
+    ax.set_xscale("log")
+    # Room on the right for the last model's label.
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo, hi * 3)
+    rho = table[[params, metric]].corr(method="spearman").iloc[0, 1] if len(table) > 2 else np.nan
+    rho_txt = f" (Spearman ρ = {rho:.2f})" if np.isfinite(rho) else ""
+    ax.set(xlabel="trainable parameters" if params == "n_params" else f"parameters ({params})",
+           ylabel=ylabel or metric,
+           title=_title((title or f"{metric} vs model size") + rho_txt, label, note))
+    return fig
+
+
+def plot_mse_vs_params(results: pd.DataFrame, *, data_label: str | None = None, ax=None,
+                       n_params: dict | None = None, metric: str = "MSE", target: str | None = None):
     """Fig. 4b: mean normalised MSE of each model against its trainable parameters.
 
     Parameters
@@ -152,6 +205,9 @@ def plot_mse_vs_params(results: pd.DataFrame, ax=None, n_params: dict | None = N
 
     Defined in ``notebooks/06_benchmark.py``.
     """
+    from spared_lib.benchmark.summary import normalised_mse
+
+    label = _data_label(data_label, where="plot_mse_vs_params")
     res, target = _one_target(results, target, "plot_mse_vs_params")
     norm = normalised_mse(res, metric)
     mean = norm.groupby("model")[f"{metric}_norm"].mean()
@@ -164,14 +220,8 @@ def plot_mse_vs_params(results: pd.DataFrame, ax=None, n_params: dict | None = N
             n_params = {m: e.original_params for m, e in MODELS.items()}
     counts = pd.Series({m: n_params.get(m) for m in mean.index}, dtype=float)
     missing = [m for m in mean.index if not np.isfinite(counts[m])]
-    keep = counts.dropna().index
-    ax = _ax(ax, (4.6, 3.6))
-    colors = dict(zip(mean.index, sns.color_palette("tab10", len(mean))))
-    for m in keep:
-        ax.scatter(counts[m], mean[m], color=colors[m], s=40, zorder=2)
-        ax.annotate(_label(m), (counts[m], mean[m]), xytext=(4, 3), textcoords="offset points", fontsize=8)
-    ax.set_xscale("log")
+    table = pd.DataFrame({"mean_norm": mean, "n_params": counts})
     note = f"(no parameter count: {', '.join(map(_label, missing))})" if missing else ""
-    ax.set(xlabel="trainable parameters", ylabel=f"mean normalised {metric}",
-           title=_title(f"{metric} vs model size ({target or 'results'})", data, note))
-    return ax.figure
+    return plot_metric_vs_params(table, data_label=label, ax=ax, metric="mean_norm", params="n_params",
+                                 ylabel=f"mean normalised {metric}",
+                                 title=f"{metric} vs model size ({target or 'results'})", note=note)

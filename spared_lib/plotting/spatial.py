@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._common import _ax, _colorbar, _data_label, _title, gene_index, layer_unit
+
 
 def slide_image(adata, slide_id: str, res: str = "hires"):
     """Return ``(image, scale)`` for one slide: the stored image and its full-res → image scale.
@@ -28,8 +30,8 @@ def slide_image(adata, slide_id: str, res: str = "hires"):
 
 
 def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires", ax=None,
-                    cmap="viridis", title=None, size=None, vmin=None, vmax=None, colorbar=True,
-                    alpha=1.0):
+                    cmap="viridis", title=None, data_label=None, size=None, vmin=None, vmax=None,
+                    colorbar=True, colorbar_label=None, alpha=1.0):
     """Draw the spots of one slide over its H&E image, coloured by a gene, an ``obs`` column or values.
 
     Parameters
@@ -48,8 +50,16 @@ def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires"
         ``'hires'`` or ``'lowres'`` background image.
     ax
         Matplotlib axes (created when None).
+    title
+        The title; default: the data, the slide and ``color`` when it is a name.
+    data_label
+        The data's name for the default title (default ``uns['dataset']['key']`` when present).
     size
         Marker size in points²; default: the spot diameter at the image's scale.
+    colorbar_label
+        Label of the colour bar; default: the unit of ``layer`` for a gene
+        (:func:`spared_lib.plotting.layer_unit`, e.g. log2(TPM+1)), the column's name for an
+        ``obs`` column. Values given as an array have no default: name their unit here.
 
     Returns
     -------
@@ -71,8 +81,7 @@ def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires"
     sel = np.flatnonzero(slides.to_numpy() == slide_id)
     if sel.size == 0:
         raise ValueError(f"slide {slide_id!r} not found; slides: {sorted(slides.unique())}")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    _, ax = _ax(ax, (5, 5))
     image, scale = slide_image(adata, slide_id, res)
     xy = np.asarray(adata.obsm["spatial"])[sel] * scale
     if image is not None:
@@ -102,13 +111,22 @@ def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires"
         sc = ax.scatter(xy[:, 0], xy[:, 1], s=size, c=values, cmap=cmap, vmin=vmin, vmax=vmax,
                         alpha=alpha, linewidths=0)
         if colorbar:
-            ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.04)
+            if colorbar_label is None:
+                colorbar_label = (color if isinstance(color, str) and color in adata.obs.columns
+                                  else layer_unit(layer) if isinstance(color, str) else "")
+            _colorbar(sc, ax, colorbar_label, fraction=0.046, pad=0.04)
     if image is None:
         ax.invert_yaxis()
         ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title if title is not None else f"{slide_id}" + (f" — {color}" if isinstance(color, str) else ""))
+    if title is None:
+        what = f"{slide_id}" + (f" — {color}" if isinstance(color, str) else "")
+        try:
+            title = _title(what, _data_label(data_label, adata))
+        except ValueError:  # a section read on its own (read_visium) has no dataset key: its slide names it
+            title = what
+    ax.set_title(title)
     return ax.figure
 
 
@@ -124,14 +142,10 @@ def _values(adata, color, sel, layer):
             col = adata.obs[color].iloc[sel]
             categorical = not pd.api.types.is_numeric_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype)
             return col.to_numpy(), categorical
-        gene = color
-        if gene not in adata.var_names and "gene_symbol" in adata.var:
-            hits = np.flatnonzero(adata.var["gene_symbol"].astype(str).to_numpy() == gene)
-            if hits.size:
-                gene = adata.var_names[hits[0]]
-        if gene not in adata.var_names:
-            raise KeyError(f"{color!r} is neither an obs column nor a gene (var_names or var['gene_symbol'])")
-        j = adata.var_names.get_loc(gene)
+        try:
+            j = gene_index(adata, color)
+        except KeyError:
+            raise KeyError(f"{color!r} is neither an obs column nor a gene (var_names or var['gene_symbol'])") from None
         matrix = adata.layers[layer] if layer is not None else adata.X
         column = matrix[sel][:, j]
         column = column.toarray() if sp.issparse(column) else np.asarray(column)
