@@ -142,8 +142,129 @@ def test_dependencies_are_ranges_not_pins():
     assert "2.14.1" not in torch  # a range that admits Colab's torch as well as the local 2.14.1
 
 
-def test_import_is_light():
-    """`import spared_lib` must not drag in torch, squidpy or scanpy (they load on first use)."""
-    code = "import sys, spared_lib; print(','.join(m for m in ('torch', 'squidpy', 'scanpy', 'lightning') if m in sys.modules))"
+#: The subpackages and modules a reader imports, and the heavy libraries each may load on import.
+#: Only ``training`` may: it is the Lightning trainer, whose module and dataset classes subclass
+#: ``lightning.LightningModule`` and ``torch.utils.data.Dataset`` and so need both to be defined;
+#: whoever imports it is about to train. Every other one defers torch, Lightning, squidpy, scanpy and
+#: Ray to the function that needs them, so that reading data, drawing figures or looking up the
+#: registry starts in a second or two.
+HEAVY = ("torch", "torchvision", "lightning", "squidpy", "scanpy", "ray")
+MAY_IMPORT = {
+    "spared_lib": (), "spared_lib.data": (), "spared_lib.preprocessing": (), "spared_lib.completion": (),
+    "spared_lib.models": (), "spared_lib.benchmark": (), "spared_lib.plotting": (), "spared_lib.metrics": (),
+    "spared_lib.widgets": (), "spared_lib.training": ("torch", "torchvision", "lightning"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(MAY_IMPORT))
+def test_import_is_light(module):
+    """Importing what a reader imports must not drag in torch, squidpy or scanpy (they load on first use)."""
+    code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"import spared_lib imported {out.stdout.strip()}"
+    loaded = {m for m in out.stdout.strip().split(",") if m}
+    extra = sorted(loaded - set(MAY_IMPORT[module]))
+    assert not extra, f"import {module} imported {extra}: import them inside the functions that need them"
+
+
+# --------------------------------------------------------------------------- the public API
+SUBPACKAGES = {p.parent.name for p in (REPO / "spared_lib").glob("*/__init__.py")}
+MODULES = {p.stem for p in (REPO / "spared_lib").glob("*.py") if p.stem != "__init__"}
+
+
+def _notebook_code(py: Path) -> list[tuple[str, str]]:
+    """(where, code) of a notebook's code cells and of the ```python blocks of its markdown
+    (the exercises' solutions teach the API too)."""
+    nb = jupytext.read(py)
+    out = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            out.append((f"cell {i}", cell.source))
+        else:
+            for block in re.findall(r"```python\n(.*?)```", cell.source, re.S):
+                out.append((f"cell {i} (markdown)", block))
+    return out
+
+
+def private_imports(code) -> list[str]:
+    """What ``code`` (a string, or a notebook's cells as ``[(where, code)]``) reaches that is not the
+    public API (PLAN decision 5): a module inside a subpackage (``spared_lib.training.data``), a
+    ``_private`` name, or a submodule reached as an attribute (``benchmark.prepare.crop_slides``
+    after ``from spared_lib import benchmark``). Names bound in one cell count in the later ones."""
+    import ast
+    import importlib
+    import importlib.util
+    import inspect
+
+    def is_module(package: str, name: str) -> bool:
+        """``package.name`` is a module (imported or not), not a name the package exports."""
+        value = getattr(importlib.import_module(package), name, None)
+        if value is not None:
+            return inspect.ismodule(value)
+        return importlib.util.find_spec(f"{package}.{name}") is not None
+
+    chunks = [("", code)] if isinstance(code, str) else code
+    bad, bound = [], {}
+    for where, chunk in chunks:
+        prefix = f"{where}: " if where else ""
+        chunk = "\n".join(line for line in chunk.splitlines() if not line.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(chunk)
+        except SyntaxError:
+            continue  # prose in a code block, not code a reader runs
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[0] != "spared_lib":
+                        continue
+                    if len(parts) > 2 and parts[1] in SUBPACKAGES or any(p.startswith("_") for p in parts):
+                        bad.append(f"{prefix}import {alias.name}")
+                    elif alias.asname or len(parts) == 1:
+                        bound[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "spared_lib":
+                parts = node.module.split(".")
+                if len(parts) > 2 and parts[1] in SUBPACKAGES or any(p.startswith("_") for p in parts):
+                    bad.append(f"{prefix}from {node.module} import {', '.join(a.name for a in node.names)}")
+                    continue
+                for alias in node.names:
+                    if alias.name.startswith("_"):
+                        bad.append(f"{prefix}from {node.module} import {alias.name}")
+                    elif len(parts) == 1:
+                        bound[alias.asname or alias.name] = f"spared_lib.{alias.name}"
+                    elif parts[1] in SUBPACKAGES and is_module(node.module, alias.name):
+                        bad.append(f"{prefix}from {node.module} import {alias.name} (a module inside a subpackage)")
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound):
+                continue
+            target = bound[node.value.id]
+            if node.attr.startswith("_"):
+                bad.append(f"{prefix}{node.value.id}.{node.attr}")
+            elif target.count(".") == 1 and target.split(".")[1] in SUBPACKAGES and is_module(target, node.attr):
+                bad.append(f"{prefix}{node.value.id}.{node.attr} (the module {target}.{node.attr})")
+    return sorted(set(bad))
+
+
+def test_the_public_api_check_finds_internal_imports():
+    code = ("from spared_lib import benchmark, data\n"
+            "from spared_lib.training.data import first_ring\n"
+            "from spared_lib.benchmark import _FIXTURES\n"
+            "import spared_lib.benchmark.published as pub\n"
+            "from spared_lib.plotting import _common\n"
+            "from spared_lib.training import data as tdata\n"
+            "x = benchmark.prepare.crop_slides(data.crop_slides)\n")
+    found = private_imports(code)
+    assert found == sorted([
+        "from spared_lib.training.data import first_ring", "from spared_lib.benchmark import _FIXTURES",
+        "import spared_lib.benchmark.published", "from spared_lib.plotting import _common",
+        "from spared_lib.training import data (a module inside a subpackage)",
+        "benchmark.prepare (the module spared_lib.benchmark.prepare)"]), found
+    assert private_imports("from spared_lib import data, plotting\nfrom spared_lib.metrics import METRICS\n"
+                           "from spared_lib.models import MODELS\nplotting.spatial_scatter(data.load_dataset)") == []
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.stem)
+def test_notebooks_import_only_the_public_api(py):
+    """PLAN decision 5 / issue 12 §7: a notebook teaches what a reader may rely on — names exported
+    from ``spared_lib``'s subpackages and top-level modules, never their inner modules or _private names."""
+    found = private_imports(_notebook_code(py))
+    assert not found, f"{py.name} reaches past the public API:\n  " + "\n  ".join(found)

@@ -9,10 +9,12 @@ from .load import dataset_root, load_dataset
 from .paths import cache_dir, fixtures_dir
 from .readers import open_image, read_h5ad, read_positions, read_st, read_visium, spot_spacing
 from .registry import DATASETS, DatasetInfo, RemoteFile, datasets_table, get_dataset
+from .subset import assign_splits, crop_slides
 from .synthetic import make_synthetic_dataset, synthetic_truth, visium_array
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "RemoteFile", "cache_dir", "dataset_root", "datasets_table",
+    "DATASETS", "DatasetInfo", "RemoteFile", "assign_splits", "cache_dir", "crop_slides", "dataset_root",
+    "datasets_table",
     "fetch", "fetch_dataset", "fixture_dataset", "fixtures_dir", "gene_table", "get_dataset",
     "load_dataset", "make_synthetic_dataset", "open_image", "read_h5ad", "read_positions",
     "read_st", "read_visium", "spot_spacing", "symbols_to_ids", "synthetic_truth", "visium_array",
