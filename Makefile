@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 FAST ?= 1
 export FAST
 
-.PHONY: book test venv notebooks execute html clean
+.PHONY: book test venv notebooks execute html clean rehearse
 .DEFAULT_GOAL := book
 
 $(VENV)/.installed: pyproject.toml
@@ -39,6 +39,10 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: notebooks
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not book"
 	$(PY) -m pytest -m book
+
+# The real run's rehearsal on CPU (benchmarks/rehearse.py; not part of `make test`).
+rehearse: venv
+	$(PY) benchmarks/rehearse.py
 
 clean:
 	rm -rf _build .pytest_cache
