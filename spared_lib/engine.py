@@ -168,7 +168,10 @@ def _history_callback(monitor: str):
             else:
                 self.rows.append({"step": step, "train_loss": float(loss), monitor: np.nan, "_n": 1})
 
-        def on_validation_epoch_end(self, trainer, pl_module):
+        # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end
+        # hook before the module's own and before it updates callback_metrics, so a metric the
+        # module logs at epoch end would be read one validation late
+        def on_validation_end(self, trainer, pl_module):
             if trainer.sanity_checking or monitor not in trainer.callback_metrics:
                 return
             v = float(trainer.callback_metrics[monitor])
