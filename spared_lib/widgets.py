@@ -335,7 +335,16 @@ class Explorer:
 
     def png(self) -> bytes:
         """The current state as PNG bytes."""
-        return figure_png(self.figure())
+        return self._render()[0]
+
+    def _render(self) -> tuple[bytes, dict]:
+        """PNG bytes of the current state and the display metadata: the figure's titles under
+        ``book_titles``, the key the book's own figures carry (tools/book.py), so that the check
+        of the built book can see which data the explorer shows."""
+        fig = self.figure()
+        titles = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+        titles += [ax.get_title(loc) for ax in fig.axes for loc in ("left", "center", "right")]
+        return figure_png(fig), {"book_titles": [t for t in titles if t.strip()]}
 
     def _repr_png_(self):
         return self.png()
@@ -373,7 +382,8 @@ class Explorer:
         if self._handle is not None:
             from IPython.display import Image
 
-            self._handle.update(Image(data=self.png()))
+            png, metadata = self._render()
+            self._handle.update(Image(data=png), metadata=metadata)
 
     def _changed(self, change) -> None:
         name = next(k for k, v in self.widgets.items() if v is change["owner"])
@@ -384,7 +394,8 @@ class Explorer:
         from IPython.display import Image, display
 
         display(self.controls)
-        self._handle = display(Image(data=self.png()), display_id=True)
+        png, metadata = self._render()
+        self._handle = display(Image(data=png), display_id=True, metadata=metadata)
 
 
 def explore_expression(adata, *, predictions: Mapping[str, np.ndarray] | None = None,

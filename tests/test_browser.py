@@ -5,7 +5,10 @@ Chromium is started by the test with a fresh profile and driven over the Chrome 
 ``_build/html`` on 127.0.0.1. For every page of ``_toc.yml``: it loads, shows its title, every
 local image decodes (``naturalWidth > 0``), no error output is shown, notebook pages show a figure
 and a Colab button for their own ``.ipynb``, and the "next" links lead from the first page to the
-last in table-of-contents order. External resources (the MathJax and widget CDNs) are unreachable
+last in table-of-contents order. The pages are also read as a student reads them (issue 18 §4):
+no output shows a warning, a log banner or a traceback; no output shows a path of the machine
+that built the book; no table is mostly NaN; a wide table scrolls inside the page column instead
+of running past it; and every figure names its data in its title or in the text beside it. External resources (the MathJax and widget CDNs) are unreachable
 here and are not counted as failures. Screenshots go to ``_build/browser/``.
 """
 from __future__ import annotations
@@ -59,9 +62,87 @@ PAGE_PROBE = r"""
     colab: Array.from(document.querySelectorAll('a[href*="colab.research.google.com"]')).map(a => a.href),
     next: next ? next.href : null,
     cellOutputs: document.querySelectorAll(".cell_output").length,
+    outputs: Array.from(document.querySelectorAll(".cell_output")).map(o => o.innerText.slice(0, 20000)),
+    tables: Array.from(document.querySelectorAll(".cell_output table")).map(t => {
+      const cells = Array.from(t.querySelectorAll("tbody td")).map(td => td.innerText.trim());
+      const main = (document.querySelector("main") || document.body).getBoundingClientRect();
+      let box = null;
+      for (let el = t; el && el !== document.body; el = el.parentElement) {
+        const ox = getComputedStyle(el).overflowX;
+        if (ox === "auto" || ox === "scroll") { box = el; break; }
+      }
+      const right = (box || t).getBoundingClientRect().right;
+      return {cells: cells, head: t.innerText.slice(0, 200), width: t.scrollWidth,
+              scrolls: box !== null, overflows: right > main.right + 1};
+    }),
   });
 })()
 """
+
+#: Output text a reader should not see: warnings, log banners (Lightning's "GPU available",
+#: model summaries, logging's WARNING/ERROR lines) and tracebacks.
+NOISE = re.compile(r"\b[A-Z][A-Za-z]*Warning\b|Traceback \(most recent call last\)|^\s*(WARNING|ERROR|CRITICAL)\b"
+                   r"|^\s*(GPU|TPU|HPU) available:|^\s*LOCAL_RANK:|^\s*\|\s*Name\s*\|\s*Type\s*\|"
+                   r"|^\s*INFO:|random initiali[sz]ation", re.M)
+
+#: Paths of the machine that built the book (none belongs on a published page).
+MACHINE_PATH = re.compile(r"(?<![\w.])(/tmp/|/root/|/work/|/home/[^/\s]+/|/Users/[^/\s]+/|/var/folders/|"
+                          r"[A-Za-z]:\\Users\\)|site-packages|dist-packages")
+
+#: How a table shows a missing value.
+MISSING = {"nan", "NaN", "<NA>", "None", "NaT", ""}
+
+
+def noise_lines(text: str) -> list[str]:
+    """The lines of an output's text that are warnings, log banners or tracebacks."""
+    return [line.strip() for line in text.splitlines() if NOISE.search(line)]
+
+
+def machine_paths(text: str) -> list[str]:
+    """The lines of an output's text that show a path of the building machine."""
+    return [line.strip() for line in text.splitlines() if MACHINE_PATH.search(line)]
+
+
+def mostly_missing(cells: list[str], threshold: float = 0.5) -> bool:
+    """Whether more than ``threshold`` of a table's body cells are missing values (tables of at least 4 cells)."""
+    return len(cells) >= 4 and sum(c in MISSING for c in cells) > threshold * len(cells)
+
+
+def data_names(nb) -> set[str]:
+    """Words that name data: the registry's datasets, the fixtures, "synthetic", the published
+    results, and the string values of the notebook's parameters (a reader's own dataset name)."""
+    from spared_lib import data
+
+    names = set(data.DATASETS) | set(getattr(data, "FIXTURES", ())) | {
+        "her2st", "cytassist", "synthetic", "published", "SpaRED"}
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "code" and ("parameters" in tags or "injected-parameters" in tags):
+            names |= {v for v in re.findall(r"^[A-Z_]+\s*=\s*[\"']([^\"']+)[\"']", cell.source, re.M)
+                      if re.search(r"[A-Za-z]{3}", v) and "/" not in v}
+    return {n for n in names if len(n) >= 3}
+
+
+def figures_without_data(nb) -> list[str]:
+    """Figures (``image/png`` outputs) whose titles (recorded by ``tools/book.py`` in the output's
+    ``book_titles`` metadata) and neighbouring markdown cells (the caption) name no data."""
+    names = [n.lower() for n in data_names(nb)]
+    cells = [c for c in nb.cells if "remove-cell" not in c.metadata.get("tags", [])]
+    bad = []
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code":
+            continue
+        caption = " ".join(c.source for c in (cells[i - 1] if i else None, cells[i + 1] if i + 1 < len(cells) else None)
+                           if c is not None and c.cell_type == "markdown")
+        for k, out in enumerate(cell.get("outputs", [])):
+            if "image/png" not in out.get("data", {}):
+                continue
+            titles = out.get("metadata", {}).get("book_titles", [])
+            text = (" ".join(titles) + " " + caption).lower()
+            if not any(n in text for n in names):
+                first = cell.source.strip().splitlines()[0][:70] if cell.source.strip() else ""
+                bad.append(f"figure {k + 1} of cell {first!r} (titles {titles})")
+    return bad
 
 
 def _chromium() -> str | None:
@@ -254,6 +335,90 @@ def test_every_local_image_is_shown(visited):
 def test_no_error_outputs(visited):
     for entry, page in visited.items():
         assert page["errorOutputs"] == 0 and not page["tracebackText"], f"{entry}: an error output is shown"
+
+
+def _by_page(visited, check) -> dict:
+    found = {}
+    for entry, page in visited.items():
+        hits = [hit for out in page.get("outputs", []) for hit in check(out)]
+        if hits:
+            found[entry] = hits
+    return found
+
+
+def _report(found: dict, what: str) -> str:
+    return f"{what}:\n" + "\n".join(f"  {entry}: {len(h)}, e.g. {h[:3]}" for entry, h in found.items())
+
+
+@pytest.mark.book
+def test_no_warnings_banners_or_tracebacks_in_outputs(visited):
+    found = _by_page(visited, noise_lines)
+    assert not found, _report(found, "outputs with warnings, log banners or tracebacks")
+
+
+@pytest.mark.book
+def test_no_machine_paths_in_outputs(visited):
+    found = _by_page(visited, machine_paths)
+    assert not found, _report(found, "outputs that show the building machine's paths")
+
+
+@pytest.mark.book
+def test_no_table_is_mostly_missing(visited):
+    found = {entry: [t["head"][:80] for t in page.get("tables", []) if mostly_missing(t["cells"])]
+             for entry, page in visited.items()}
+    found = {k: v for k, v in found.items() if v}
+    assert not found, _report(found, "tables that are mostly NaN")
+
+
+@pytest.mark.book
+def test_wide_tables_scroll_inside_the_page(visited):
+    found = {entry: [f"{t['head'][:60]!r} ({t['width']} px)" for t in page.get("tables", []) if t["overflows"]]
+             for entry, page in visited.items()}
+    found = {k: v for k, v in found.items() if v}
+    assert not found, _report(found, "tables that run past the page column instead of scrolling")
+
+
+@pytest.mark.book
+def test_every_figure_names_its_data(built_book):
+    import nbformat
+
+    found = {}
+    for py in book.toc_notebooks():
+        nb = nbformat.read(book.EXECUTED / "notebooks" / f"{py.stem}.ipynb", as_version=4)
+        bad = figures_without_data(nb)
+        if bad:
+            found[f"notebooks/{py.stem}"] = bad
+    assert not found, _report(found, "figures whose title and caption name no data (dataset, 'synthetic', ...)")
+
+
+def test_the_page_checks_find_what_they_look_for():
+    """The checks above, on text and notebooks made by hand (they must be able to fail)."""
+    import nbformat
+
+    out = ("loading\n/root/.venv/lib/python3.11/site-packages/anndata/_core.py:12: UserWarning: "
+           "obs_names not unique\nGPU available: False, used: False\nWARNING: something\n"
+           "Traceback (most recent call last):\nall fine\nsaved to /tmp/abc/model.ckpt\n"
+           "cache: /work/main/_cache\nrandom initialisation for bleep")
+    assert noise_lines(out) == [out.splitlines()[1], "GPU available: False, used: False", "WARNING: something",
+                                "Traceback (most recent call last):", "random initialisation for bleep"]
+    assert machine_paths(out) == [out.splitlines()[1], "saved to /tmp/abc/model.ckpt", "cache: /work/main/_cache"]
+    assert noise_lines("MSE 1.05 after 300 steps") == [] and machine_paths("data/her2st/C2 and a/b/c") == []
+    assert mostly_missing(["nan", "NaN", "1.0", "<NA>", ""]) and not mostly_missing(["nan", "1", "2", "3"])
+    assert not mostly_missing(["nan", "nan"])  # too small to judge
+
+    def nb_with(titles, caption, params='DATASET = "my_tissue"\n'):
+        cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+                 nbformat.v4.new_markdown_cell(caption),
+                 nbformat.v4.new_code_cell("fig = plot()")]
+        cells[2].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"},
+                                                   metadata={"book_titles": titles})]
+        return nbformat.v4.new_notebook(cells=cells)
+
+    assert figures_without_data(nb_with(["MSE vs masking"], "Completion error.")) == \
+        ["figure 1 of cell 'fig = plot()' (titles ['MSE vs masking'])"]
+    assert figures_without_data(nb_with(["MSE vs masking\nher2st"], "Completion error.")) == []
+    assert figures_without_data(nb_with(["MSE vs masking"], "On synthetic data: the error.")) == []
+    assert figures_without_data(nb_with(["Spots of my_tissue"], "")) == []  # a reader's dataset name
 
 
 @pytest.mark.book

@@ -137,9 +137,12 @@ def test_explorer_redraws_on_control_changes():
     assert explorer.state == {"slide": "A", "gene": "ENSG00000000002", "source": "SpaCKLE (c_t_log1p)"}
     updates = []
 
-    class Handle:
-        def update(self, obj):
+    class Handle:  # IPython's DisplayHandle.update(obj, **kwargs)
+        def update(self, obj, metadata=None):
             updates.append(obj.data)
+            titles.append(metadata["book_titles"])
+
+    titles = []
 
     explorer._handle = Handle()
     controls = explorer.controls
@@ -149,6 +152,7 @@ def test_explorer_redraws_on_control_changes():
     assert len(updates) == 1 and updates[0].startswith(PNG_MAGIC)
     explorer.set(slide="B")
     assert explorer.widgets["slide"].value == "B" and len(updates) == 2
+    assert titles[0][0].startswith("toy — A\n") and titles[1][0].startswith("toy — B\n")
     with pytest.raises(KeyError, match="colour"):
         explorer.set(colour="red")
 
@@ -182,6 +186,8 @@ def test_explorer_leaves_a_static_png_in_an_executed_notebook(tmp_path):
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 1, kinds
     assert base64.b64decode(pngs[0]["data"]["image/png"]).startswith(PNG_MAGIC)
+    # the figure's titles travel with it, so the check of the built book sees which data it shows
+    assert pngs[0]["metadata"]["book_titles"][0].startswith("toy — A\n"), pngs[0]["metadata"]
     assert not [o for o in outputs if o.output_type == "error"]
 
 

@@ -68,6 +68,69 @@ def sync(paths: list[Path] | None = None) -> list[Path]:
     return [p.with_suffix(".ipynb") for p in paths if p.with_suffix(".ipynb").read_bytes() != before[p]]
 
 
+#: Tag of the cell :func:`execute` runs first in every chapter's kernel and removes afterwards.
+SETUP_TAG = "book-setup"
+
+#: What that cell does: the book's pages show what a reader should see, not the machinery's chatter.
+#: Lightning's banners ("GPU available", model summaries) and the library's INFO logs go below
+#: WARNING (warnings and errors still show, and tests/test_browser.py fails on them); each
+#: figure's titles are recorded in its output's metadata (``book_titles``) so that the browser
+#: check can tell whether a figure names its data.
+SETUP_SOURCE = """\
+import logging as _logging
+
+for _name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+              "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+              "spared_lib", "squidpy", "spatialdata"):
+    _logging.getLogger(_name).setLevel(_logging.WARNING)
+
+
+def _book_record_titles():
+    import matplotlib_inline.backend_inline as inline
+
+    fetch = inline._fetch_figure_metadata
+
+    def with_titles(fig):
+        meta = dict(fetch(fig) or {})
+        titles = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+        titles += [ax.get_title(loc) for ax in fig.axes for loc in ("left", "center", "right")]
+        meta["book_titles"] = [t for t in titles if t.strip()]
+        return meta
+
+    inline._fetch_figure_metadata = with_titles
+
+
+_book_record_titles()
+"""
+
+
+def _with_setup_cell(nb):
+    """The notebook with :data:`SETUP_SOURCE` as its first cell."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(SETUP_SOURCE, metadata={"tags": [SETUP_TAG, "remove-cell"]})
+    nb.cells.insert(0, cell)
+    return nb
+
+
+def tidy_executed(path: Path) -> None:
+    """After papermill: drop the setup cell and hide the injected-parameters cell on the page.
+
+    The page keeps the chapter's own parameters cell (the defaults a reader runs); the fast values
+    papermill injected under it are an artefact of the build, so the cell is tagged ``remove-cell``
+    and stays in the executed notebook for the tests that read it.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if SETUP_TAG not in c.metadata.get("tags", [])]
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, path)
+
+
 def execute(paths: list[Path], fast: bool = True) -> None:
     """Run each notebook with papermill into ``_build/executed/notebooks``; raise on a failed cell."""
     import jupytext
@@ -87,7 +150,7 @@ def execute(paths: list[Path], fast: bool = True) -> None:
             ipynb = path.with_suffix(".ipynb")
             # Always execute what the .py says, even if the .ipynb is stale.
             tmp_in = out_dir / f".{path.stem}.input.ipynb"
-            jupytext.write(jupytext.read(source if source.exists() else ipynb), tmp_in)
+            jupytext.write(_with_setup_cell(jupytext.read(source if source.exists() else ipynb)), tmp_in)
             params = fast_parameters(path.stem) if fast else {}
             out = out_dir / f"{path.stem}.ipynb"
             print(f"[book] executing {path.name} ({'fast' if fast else 'full'}: {params})", flush=True)
@@ -100,6 +163,8 @@ def execute(paths: list[Path], fast: bool = True) -> None:
                 )
             finally:
                 tmp_in.unlink(missing_ok=True)
+                if out.exists():
+                    tidy_executed(out)
             print(f"[book] {path.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     finally:
         os.environ.clear()
@@ -117,6 +182,8 @@ def stage() -> Path:
     toc["parts"] = [p for p in toc.get("parts") or [] if p.get("chapters")]
     (STAGE / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False, allow_unicode=True))
     shutil.copytree(ROOT / "book", STAGE / "book")
+    # Style sheets (wide tables scroll); Jupyter Book adds every .css under _static to the pages.
+    shutil.copytree(ROOT / "_static", STAGE / "_static")
     (STAGE / "notebooks").mkdir()
     missing = []
     for py in toc_notebooks():
