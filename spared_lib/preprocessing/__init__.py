@@ -13,11 +13,11 @@ from .median import adaptive_median, adaptive_median_array, nonzero_medians
 from .moran import moran_genes, morans_i, top_genes
 from .neighbors import index_from_adjacency, khop_adjacencies, khop_index, spatial_neighbors
 from .normalise import gene_lengths, log1p, log1p_array, tpm, tpm_array
-from .patches import dihedral, extract_patches
+from .patches import IMAGENET_MEAN, IMAGENET_STD, dihedral, extract_patches
 from .pipeline import LAYERS, preprocess
 
 __all__ = [
-    "LAYERS", "PreprocessConfig", "adaptive_median", "adaptive_median_array", "add_mask", "combat",
+    "IMAGENET_MEAN", "IMAGENET_STD", "LAYERS", "PreprocessConfig", "adaptive_median", "adaptive_median_array", "add_mask", "combat",
     "combat_array", "deltas", "dihedral", "expression_fractions", "extract_patches",
     "filter_spots_and_genes", "gene_lengths", "index_from_adjacency", "khop_adjacencies",
     "khop_index", "log1p", "log1p_array", "moran_genes", "morans_i", "nonzero_medians",

@@ -12,6 +12,10 @@ import numpy as np
 
 from ._common import slide_groups
 
+#: ImageNet's channel mean and standard deviation (RGB, on [0, 1]): what torchvision's pretrained
+#: backbones were trained on; the trainer normalises every patch with them.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 # Spots cropped and resized at once: bounds the working memory to a few hundred MB.
 _BATCH = 256
 
