@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 FAST ?= 1
 export FAST
 
-.PHONY: book test venv notebooks execute html clean rehearse
+.PHONY: book test venv notebooks execute html clean rehearse lint
 .DEFAULT_GOAL := book
 
 $(VENV)/.installed: pyproject.toml
@@ -39,6 +39,11 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: notebooks
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not book"
 	$(PY) -m pytest -m book
+
+# The GitHub workflows through actionlint and zizmor (also part of `make test`: tests/test_workflows.py).
+lint: venv
+	$(VENV)/bin/actionlint
+	$(VENV)/bin/zizmor --offline --persona=pedantic .github/workflows
 
 # The real run's rehearsal on CPU (benchmarks/rehearse.py; not part of `make test`).
 rehearse: venv

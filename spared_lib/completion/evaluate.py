@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 
+from spared_lib.preprocessing import nearest_in_slide
+
 from .infer import layer_arrays, predict_centres
-from .neighbors import spot_neighbors
 
 METHODS = ("spackle", "median", "sme")
 
@@ -50,7 +51,7 @@ def complete_masked(adata, method: str, x: np.ndarray, visible: np.ndarray, *, m
         if model is None:
             raise ValueError("method 'spackle' needs a trained model (spared_lib.completion.train_spackle)")
         meta = getattr(model, "meta", {}) or {}
-        nbr = spot_neighbors(adata, meta.get("n_neighbors", 18), meta.get("radius", "auto"))
+        nbr = nearest_in_slide(adata, meta.get("n_neighbors", 18), meta.get("radius", "auto"))
         pred = predict_centres(model, x, visible, nbr)
         return np.where(visible, x, pred)
     if method == "median":

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from spared_lib.preprocessing import nearest_in_slide
+
 from .model import SpaCKLE
-from .neighbors import spot_neighbors
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -66,7 +67,7 @@ def predict_centres(
     x, visible
         ``(n, G)`` expression and bool mask of entries the model may see.
     nbr
-        ``(n, T)`` neighbour indices from :func:`spot_neighbors` (-1 = padding).
+        ``(n, T)`` neighbour indices from :func:`spared_lib.preprocessing.nearest_in_slide` (-1 = padding).
     centres
         Spots to predict (all by default).
 
@@ -137,7 +138,7 @@ def complete(
     genes = meta.get("var_names")
     if genes is not None and list(genes) != list(map(str, adata.var_names)):
         raise ValueError("adata.var_names differ from the genes the SpaCKLE model was trained on")
-    nbr = spot_neighbors(adata, meta.get("n_neighbors", 18), meta.get("radius", "auto"))
+    nbr = nearest_in_slide(adata, meta.get("n_neighbors", 18), meta.get("radius", "auto"))
     pred = predict_centres(model, x, m, nbr, batch_size=batch_size, device=device)
     completed = np.where(m, x, pred).astype(np.float32)
     out = adata.copy() if copy else adata

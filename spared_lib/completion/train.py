@@ -13,9 +13,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from spared_lib.preprocessing import nearest_in_slide
+
 from .infer import gather_neighbourhoods, layer_arrays, resolve_device
 from .model import SpaCKLE
-from .neighbors import spot_neighbors
 
 TRAIN_INPUTS = ("zeroed", "median")
 
@@ -110,7 +111,7 @@ def train_spackle(
         Feed the model expression minus the train-split gene means (``model.offset``), so a
         hidden entry (0) stands for the gene's mean; False feeds raw values as the original.
     n_neighbors, radius
-        Neighbourhood, see :func:`spared_lib.completion.spot_neighbors`.
+        Neighbourhood, see :func:`spared_lib.preprocessing.nearest_in_slide`.
     val_every
         Validation interval in steps (default: ``max(1, steps // 50)``).
     out_dir
@@ -138,7 +139,7 @@ def train_spackle(
     if not np.isfinite(x).all():
         raise ValueError(f"layer {layer!r} contains NaN or infinite values")
     dev = resolve_device(device)
-    nbr = spot_neighbors(adata, n_neighbors, radius)
+    nbr = nearest_in_slide(adata, n_neighbors, radius)
     train_idx, val_idx, val_name = _split_indices(adata, seed)
     p_gene = masking_probabilities(m[train_idx], mask_fraction)
     val_every = val_every or max(1, steps // 50)
