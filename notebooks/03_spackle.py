@@ -121,7 +121,7 @@ for frac in (0.1, 0.7):
 # fewer neighbours within two rings; their missing tokens are padding, ignored by attention.
 
 # %%
-nbr = completion.spot_neighbors(adata)
+nbr = preprocessing.nearest_in_slide(adata, n_neighbors=18)
 n_real = (nbr >= 0).sum(axis=1)
 print(f"neighbourhood index array {nbr.shape}; tokens per spot: "
       f"{np.bincount(n_real).nonzero()[0].min()}–{n_real.max()}, "

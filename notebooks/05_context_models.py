@@ -69,7 +69,7 @@ from spared_lib.benchmark import load_published_results
 from spared_lib.benchmark.summary import normalised_mse
 from spared_lib.models import MODELS, build_model, count_parameters
 from spared_lib.training import fit
-from spared_lib.training.data import first_ring
+from spared_lib.preprocessing import first_ring
 
 torch.manual_seed(SEED)
 CONTEXT = ["histogene", "hist2st", "egn", "eggn", "bleep", "sepal"]

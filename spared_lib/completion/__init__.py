@@ -9,7 +9,6 @@ import importlib
 
 _EXPORTS = {
     "SpaCKLE": "model",
-    "spot_neighbors": "neighbors",
     "train_spackle": "train",
     "masking_probabilities": "train",
     "load_spackle": "train",

@@ -8,9 +8,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from .neighbors import _slide_codes
+from spared_lib.preprocessing import slide_codes, within_radius
 
 #: stLearn's neighbourhood radius in units of the spot spacing: 3 array units on Visium
 #: (one unit = one spot spacing) and 1.5 array units on legacy ST (one unit = the diagonal,
@@ -37,9 +36,9 @@ def median_complete(adata, x: np.ndarray, visible: np.ndarray, n_hops: int = 4) 
     # A visible value that is exactly 0 would be read as missing by the filter; after ComBat
     # such values do not occur, and in log1p data a 0 *is* a dropout.
     zeroed = np.where(visible, x, 0.0)
-    codes = _slide_codes(adata)
+    codes, names = slide_codes(adata)
     hops = khop_adjacencies(spatial_neighbors(adata), n_hops)
-    filled = adaptive_median_array(zeroed, hops, codes, int(codes.max()) + 1)
+    filled = adaptive_median_array(zeroed, hops, codes, len(names))
     return np.where(visible, x, filled).astype(np.float32)
 
 
@@ -70,20 +69,8 @@ def sme_weights(adata, embedding: np.ndarray, morphology: np.ndarray | None, max
     -------
     idx : (n, K) int64, -1 padded; weights : (n, K) float64 (0 on padding).
     """
-    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    codes = _slide_codes(adata)
     grid = adata.uns.get("dataset", {}).get("grid", "hex")
-    rate = SME_RADIUS.get(grid, SME_RADIUS["hex"])
-    k_max = min(max_neighbours, adata.n_obs)
-    idx = np.full((adata.n_obs, k_max), -1, dtype=np.int64)
-    for code in np.unique(codes):
-        sel = np.flatnonzero(codes == code)
-        k = min(k_max, sel.size)
-        tree = cKDTree(coords[sel])
-        dist, nn = tree.query(coords[sel], k=k)
-        dist, nn = dist.reshape(sel.size, k), nn.reshape(sel.size, k)
-        spacing = np.median(tree.query(coords[sel], k=2)[0][:, 1]) if sel.size > 1 else 1.0
-        idx[sel, :k] = np.where(dist < rate * spacing, sel[nn], -1)
+    idx = within_radius(adata, SME_RADIUS.get(grid, SME_RADIUS["hex"]), max_neighbors=max_neighbours - 1)
     pad = idx < 0
     safe = np.where(pad, 0, idx)
     emb = embedding - embedding.mean(axis=1, keepdims=True)  # correlation = cosine of centred rows

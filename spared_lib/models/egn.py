@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spared_lib.preprocessing import slide_codes
+
 from .base import SpotModel, loss_mask, masked_mse
 from .histogene import Attention, FeedForward, PreNorm
 
@@ -173,7 +175,7 @@ class ExemplarBank(nn.Module):
         """Encode every spot once, keep training targets only, and look up exemplars."""
         n = ctx.target.shape[0]
         feats = ctx.encode(encoder, np.arange(n)).float()
-        slide = ctx.adata.obs["slide_id"].cat.codes.to_numpy()
+        slide = slide_codes(ctx.adata)[0]
         train = np.asarray(ctx.train_index, dtype=np.int64)
         dev = self.features.device
         self.features = feats.to(dev)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._common import slide_codes
+from .geometry import slide_codes
 from .config import CELL_MAX_COUNTS, GENE_MAX_COUNTS, GENE_MIN_COUNTS, REAL_DATA_PERCENTAGE
 
 

@@ -1,7 +1,10 @@
-"""Spot neighbourhoods within each slide: the original's k-NN / grid graphs, a pure-lattice
-option, and k-hop neighbourhoods as unions of adjacency powers (SPEC §2 step 6).
+"""Spot geometry, the one place for it: slides, spot spacing, nearest spots within a slide,
+rings, radius neighbourhoods, the original's k-NN / grid graphs and k-hop neighbourhoods
+(SPEC §2 step 6).
 
-Introduced in ``notebooks/02_preprocessing.py``.
+Every module that needs neighbours calls these (SpaCKLE's 19-token neighbourhood, the context
+models' first ring, the SME baseline, the adaptive median, Moran's I). Neighbours never cross
+slides. Introduced in ``notebooks/02_preprocessing.py``.
 """
 from __future__ import annotations
 
@@ -9,20 +12,199 @@ import contextlib
 import logging
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
-from ._common import slide_groups
+#: Search radius of :func:`nearest_in_slide` in units of the slide's spot spacing. Two hexagonal
+#: rings lie at distances 1, sqrt(3) and 2; the third ring starts at sqrt(7) ~ 2.65, so 2.1 keeps
+#: exactly two rings. On a square (legacy ST) array the 18 nearest positions reach sqrt(5) ~ 2.24.
+DEFAULT_RADIUS = {"hex": 2.1, "square": 2.3}
 
-# Lattice offsets (array_row, array_col) of the adjacent positions.
-_HEX_OFFSETS = np.array([(0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1)])
-_SQUARE_OFFSETS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)])
+#: First ring (:func:`first_ring`): how many neighbours and the radius in spot spacings. The first
+#: hex ring is at 1 spacing (the second at sqrt(3)); the square array's diagonal at sqrt(2).
+RING = {"hex": (6, 1.2), "square": (8, 1.5)}
+
+
+# --------------------------------------------------------------------------- slides
+def slide_codes(adata) -> tuple[np.ndarray, np.ndarray]:
+    """Integer slide code per spot and the slide ids, from ``obs['slide_id']``.
+
+    Returns
+    -------
+    codes : (n_obs,) int64
+        Position of each spot's slide in ``names`` (the column's category order).
+    names : (n_slides,) object
+        The slide ids. A missing column means one slide (a user's own single-section data),
+        named ``'slide'``.
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    if "slide_id" not in adata.obs:
+        return np.zeros(adata.n_obs, dtype=np.int64), np.array(["slide"], dtype=object)
+    cat = adata.obs["slide_id"].astype("category")
+    return cat.cat.codes.to_numpy().astype(np.int64), np.asarray(cat.cat.categories, dtype=object)
+
+
+def slide_groups(adata) -> list[tuple[str, np.ndarray]]:
+    """``[(slide_id, spot indices), ...]`` in category order, slides with no spot left out.
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    codes, names = slide_codes(adata)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return [(str(names[i]), order[bounds[i]:bounds[i + 1]])
+            for i in range(len(names)) if bounds[i + 1] > bounds[i]]
 
 
 def _grid_of(adata, grid: str | None) -> str:
-    grid = grid or adata.uns.get("dataset", {}).get("grid", "hex")
+    if grid is None:
+        grid = adata.uns.get("dataset", {}).get("grid", "hex") if hasattr(adata, "uns") else "hex"
     if grid not in ("hex", "square"):
         raise ValueError(f"grid must be 'hex' or 'square', got {grid!r}")
     return grid
+
+
+def _coords(adata, what: str) -> np.ndarray:
+    if "spatial" not in adata.obsm:
+        raise KeyError(f"{what}: adata.obsm has no 'spatial' coordinates (pixel positions of the spots)")
+    return np.asarray(adata.obsm["spatial"], dtype=np.float64)
+
+
+def _knn_per_slide(coords: np.ndarray, codes: np.ndarray, k: int):
+    """For each slide: ``(spot indices, distances, neighbour indices)`` of the ``k`` nearest spots
+    of the same slide (fewer on a slide with fewer spots), the spot itself forced into column 0
+    (a KD-tree returns an exact duplicate position in either order). One tree per slide: a loop
+    over slides (a handful), never over spots."""
+    from scipy.spatial import cKDTree
+
+    for code in np.unique(codes):
+        idx = np.flatnonzero(codes == code)
+        kk = min(k, idx.size)
+        tree = cKDTree(coords[idx])
+        dist, nn = tree.query(coords[idx], k=kk)
+        dist, nn = dist.reshape(idx.size, kk), nn.reshape(idx.size, kk)
+        order = np.argsort(nn != np.arange(idx.size)[:, None], axis=1, kind="stable")
+        yield idx, np.take_along_axis(dist, order, axis=1), idx[np.take_along_axis(nn, order, axis=1)]
+
+
+def spot_spacing(adata) -> pd.Series:
+    """Spot spacing of each slide: the median distance from a spot to its nearest spot, in the
+    units of ``obsm['spatial']`` (full-resolution pixels). NaN for a slide with a single spot.
+
+    Every radius in this module is given in these units, so one value works for any scan
+    resolution (Visium: 100 µm centre to centre).
+
+    Returns
+    -------
+    pandas.Series
+        Indexed by slide id (the order of :func:`slide_codes`), named ``'spot_spacing'``.
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    codes, names = slide_codes(adata)
+    out = np.full(len(names), np.nan)
+    for idx, dist, _ in _knn_per_slide(_coords(adata, "spot_spacing"), codes, 2):
+        if dist.shape[1] > 1:
+            out[codes[idx[0]]] = np.median(dist[:, 1])
+    return pd.Series(out, index=pd.Index(names.astype(str), name="slide_id"), name="spot_spacing")
+
+
+# --------------------------------------------------------------------------- k nearest, rings, radius
+def nearest_in_slide(adata, n_neighbors: int = 18, radius: float | None | str = "auto") -> np.ndarray:
+    """Index arrays of each spot's nearest spots in the same slide, the spot itself first.
+
+    SpaCKLE's 19-token neighbourhood is ``nearest_in_slide(adata, 18)``.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``obsm['spatial']`` (pixel coordinates) and ``obs['slide_id']`` (missing:
+        one slide).
+    n_neighbors
+        How many neighbours besides the spot itself (18 = two hexagonal rings, as SpaCKLE).
+    radius
+        Neighbours farther than ``radius`` times the slide's :func:`spot_spacing` are dropped,
+        so border spots get fewer neighbours instead of far-away ones. ``'auto'`` picks
+        :data:`DEFAULT_RADIUS` (2.1 for hexagonal Visium, 2.3 for square grids) from
+        ``uns['dataset']['grid']``; ``None`` keeps the plain k nearest (the original's choice).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_obs, n_neighbors + 1)`` int64, column 0 the spot itself, the rest ordered by
+        distance and padded with -1. Never an n x n matrix.
+
+    Defined in ``notebooks/02_preprocessing.py``; used by ``notebooks/03_spackle.py``.
+    """
+    coords = _coords(adata, "nearest_in_slide")
+    if n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
+    if radius == "auto":
+        radius = DEFAULT_RADIUS[_grid_of(adata, None)]
+    codes, _ = slide_codes(adata)
+    out = np.full((adata.n_obs, n_neighbors + 1), -1, dtype=np.int64)
+    out[:, 0] = np.arange(adata.n_obs)
+    for idx, dist, found in _knn_per_slide(coords, codes, n_neighbors + 1):
+        if idx.size < 2:
+            continue
+        found, dist = found[:, 1:], dist[:, 1:]
+        if radius is not None:
+            spacing = np.median(dist[:, 0])  # column 1 of the query: the nearest other spot
+            found = np.where(dist <= radius * spacing, found, -1)
+        out[idx, 1:1 + found.shape[1]] = found
+    return out
+
+
+def first_ring(adata, grid: str | None = None) -> np.ndarray:
+    """``(n, K + 1)`` int64 positions of each spot (column 0) and its adjacent spots, -1 padded.
+
+    Hex (Visium) grids: the 6 spots of the first ring (K = 6); square (legacy ST): the 8 around
+    (K = 8), from :func:`nearest_in_slide` with the radii in :data:`RING`. ``grid`` defaults to
+    ``uns['dataset']['grid']``. Neighbours never cross slides.
+
+    Defined in ``notebooks/02_preprocessing.py``; the context models of
+    ``notebooks/05_context_models.py`` use it.
+    """
+    k, radius = RING[_grid_of(adata, grid)]
+    return nearest_in_slide(adata, n_neighbors=k, radius=radius)
+
+
+def within_radius(adata, radius: float, max_neighbors: int = 63) -> np.ndarray:
+    """Each spot and the spots of its slide strictly closer than ``radius`` spot spacings.
+
+    Parameters
+    ----------
+    radius
+        In units of the slide's :func:`spot_spacing` (a slide with one spot has spacing 1).
+    max_neighbors
+        At most this many neighbours besides the spot (the nearest ones).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_obs, min(max_neighbors + 1, n_obs))`` int64, column 0 the spot itself, then the
+        neighbours by increasing distance, padded with -1.
+
+    Defined in ``notebooks/02_preprocessing.py``; stLearn's SME baseline
+    (``notebooks/03_spackle.py``) reads its neighbourhood from it.
+    """
+    coords = _coords(adata, "within_radius")
+    if max_neighbors < 0:
+        raise ValueError(f"max_neighbors must be >= 0, got {max_neighbors}")
+    codes, _ = slide_codes(adata)
+    width = min(max_neighbors + 1, adata.n_obs)
+    out = np.full((adata.n_obs, width), -1, dtype=np.int64)
+    for idx, dist, found in _knn_per_slide(coords, codes, width):
+        spacing = np.median(dist[:, 1]) if idx.size > 1 else 1.0
+        out[idx, :found.shape[1]] = np.where(dist < radius * spacing, found, -1)
+    return out
+
+
+# --------------------------------------------------------------------------- graphs and k-hop sets
+# Lattice offsets (array_row, array_col) of the adjacent positions.
+_HEX_OFFSETS = np.array([(0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1)])
+_SQUARE_OFFSETS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)])
 
 
 @contextlib.contextmanager

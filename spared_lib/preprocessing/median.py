@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._common import get_layer, require_finite, slide_codes
-from .neighbors import index_from_adjacency, khop_adjacencies, spatial_neighbors
+from ._common import get_layer, require_finite
+from .geometry import index_from_adjacency, khop_adjacencies, slide_codes, spatial_neighbors
 
 # Elements gathered at once (float64): bounds the working memory at ~128 MB per chunk.
 _CHUNK_ELEMS = 1 << 24

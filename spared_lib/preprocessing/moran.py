@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._common import get_layer, slide_groups
-from .neighbors import spatial_neighbors
+from ._common import get_layer
+from .geometry import slide_groups, spatial_neighbors
 
 
 def morans_i(X: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import slide_groups
+from .geometry import slide_groups
 
 #: ImageNet's channel mean and standard deviation (RGB, on [0, 1]): what torchvision's pretrained
 #: backbones were trained on; the trainer normalises every patch with them.

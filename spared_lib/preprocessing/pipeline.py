@@ -10,13 +10,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._common import slide_codes, slide_groups
 from .combat import combat_array
 from .config import resolve_config
 from .filters import filter_spots_and_genes
 from .median import adaptive_median_array
 from .moran import moran_array, top_genes
-from .neighbors import khop_adjacencies, spatial_neighbors
+from .geometry import khop_adjacencies, slide_codes, slide_groups, spatial_neighbors
 from .normalise import gene_lengths, log1p_array, tpm_array, tpm_subset
 
 LAYERS = ("counts", "tpm", "log1p", "d_log1p", "c_log1p", "c_d_log1p",

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from spared_lib.preprocessing import first_ring, slide_codes
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -138,27 +140,12 @@ def check_patches(patches, n_obs: int):
 def spot_meta(adata) -> dict:
     """Per-spot slide code, array grid position and pixel coordinates as arrays."""
     obs = adata.obs
-    slide = (np.asarray(obs["slide_id"].astype("category").cat.codes, dtype=np.int64)
-             if "slide_id" in obs else np.zeros(adata.n_obs, np.int64))
+    slide = slide_codes(adata)[0]
     grid = (obs[["array_row", "array_col"]].to_numpy(np.int64) if {"array_row", "array_col"} <= set(obs)
             else np.zeros((adata.n_obs, 2), np.int64))
     xy = (np.asarray(adata.obsm["spatial"], np.float32) if "spatial" in adata.obsm
           else np.zeros((adata.n_obs, 2), np.float32))
     return {"slide": slide, "grid": grid, "xy": xy}
-
-
-def first_ring(adata) -> np.ndarray:
-    """``(n, K + 1)`` int64 positions of each spot (column 0) and its adjacent spots, -1 padded.
-
-    Hex (Visium) grids: the 6 spots of the first ring; square (legacy ST): the 8 around.
-    Neighbours never cross slides (:func:`spared_lib.completion.neighbors.spot_neighbors`).
-    """
-    from spared_lib.completion.neighbors import spot_neighbors
-
-    grid = adata.uns.get("dataset", {}).get("grid", "hex") if hasattr(adata, "uns") else "hex"
-    # radius in spot spacings: the first hex ring is at 1, the square diagonal at sqrt(2)
-    k, radius = (8, 1.5) if grid == "square" else (6, 1.2)
-    return spot_neighbors(adata, n_neighbors=k, radius=radius)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -188,14 +175,15 @@ class SpotDataset(Dataset):
         }
 
 
-def contiguous_crops(xy: np.ndarray, rows: np.ndarray, max_spots: int) -> list[np.ndarray]:
-    """Split the spots ``rows`` of one slide into spatially contiguous crops of ≤ ``max_spots``.
+def contiguous_crops(xy: np.ndarray, rows: np.ndarray, max_spots: int | None) -> list[np.ndarray]:
+    """Split the spots ``rows`` of one slide into spatially contiguous crops of ≤ ``max_spots``
+    (``None``: the whole slide, one crop).
 
     Recursive halving along the longer side of the bounding box at the median (a k-d
     split): each crop is a compact rectangle of the slide. The recursion is over crops
     (a few), never over spots.
     """
-    if len(rows) <= max_spots:
+    if max_spots is None or len(rows) <= max_spots:
         return [rows]
     pts = xy[rows]
     axis = int(np.ptp(pts[:, 0]) < np.ptp(pts[:, 1]))
