@@ -80,11 +80,12 @@ def test_her2st_sections(fixtures, sample):
     assert (a.obsm["spatial"] >= 0).all() and (a.obsm["spatial"][:, 0] < w).all()
 
 
-def test_load_her2st_fixture(fixtures):
+def test_load_her2st_hne_fixture(fixtures):
     t0 = time.perf_counter()
-    a = load_dataset(fixture_dataset("her2st"))
+    a = load_dataset(fixture_dataset("her2st_hne"))
     elapsed = time.perf_counter() - t0
     assert list(a.obs["slide_id"].cat.categories) == ["C2", "C3", "C4"]
+    assert all(set(a.uns["spatial"][s]["images"]) == {"hires", "lowres"} for s in ("C2", "C3", "C4"))
     assert a.obs.groupby("slide_id", observed=True)["split"].first().tolist() == ["train", "train", "val"]
     assert a.uns["dataset"]["grid"] == "square" and a.obs_names.is_unique
     assert elapsed < 30, f"loading her2st took {elapsed:.1f} s"

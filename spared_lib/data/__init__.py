@@ -1,29 +1,35 @@
-"""SpaRED data: the 26-dataset registry, readers, pinned downloads and a synthetic generator.
+"""SpaRED data: the 26-dataset registry (and her2st), readers, pinned downloads and a synthetic
+generator.
 
 Introduced in ``notebooks/01_spared_database.py``. Heavy libraries (scanpy, anndata) are imported
 inside the functions that need them.
 """
-from .fixtures import fixture_dataset
+from .checks import DataFileError
+from .fixtures import FIXTURES, fixture_dataset
 from .genes import gene_table, symbols_to_ids
+from .images import image_size, open_image
 from .load import dataset_root, load_dataset
 from .paths import cache_dir, fixtures_dir
-from .readers import open_image, read_h5ad, read_positions, read_st, read_visium, spot_spacing
-from .registry import DATASETS, DatasetInfo, RemoteFile, datasets_table, get_dataset
+from .readers import read_h5ad, read_positions, read_scalefactors, read_visium, spot_spacing
+from .registry import (DATASETS, EXTRA_DATASETS, DatasetInfo, RemoteFile, datasets_table,
+                       get_dataset, integrity)
+from .st import read_st
 from .subset import assign_splits, crop_slides
 from .synthetic import make_synthetic_dataset, synthetic_truth, visium_array
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "RemoteFile", "assign_splits", "cache_dir", "crop_slides", "dataset_root",
-    "datasets_table",
+    "DATASETS", "DataFileError", "DatasetInfo", "EXTRA_DATASETS", "FIXTURES", "RemoteFile",
+    "assign_splits", "cache_dir", "crop_slides", "dataset_root", "datasets_table",
     "fetch", "fetch_dataset", "fixture_dataset", "fixtures_dir", "gene_table", "get_dataset",
-    "load_dataset", "make_synthetic_dataset", "open_image", "read_h5ad", "read_positions",
-    "read_st", "read_visium", "spot_spacing", "symbols_to_ids", "synthetic_truth", "visium_array",
+    "image_size", "integrity", "load_dataset", "make_synthetic_dataset", "open_image", "read_h5ad",
+    "read_positions", "read_scalefactors", "read_st", "read_visium", "spot_spacing",
+    "symbols_to_ids", "synthetic_truth", "visium_array",
 ]
 
 
 def __getattr__(name):
-    # The download module pulls in pooch; load it on first use only.
-    if name in ("fetch", "fetch_dataset"):
+    # Downloads (urllib, filelock) are loaded on first use only.
+    if name in ("fetch", "fetch_dataset", "DownloadError"):
         from . import download
 
         return getattr(download, name)

@@ -181,6 +181,8 @@ def fetch_dataset(info: DatasetInfo, root: str | Path, progress: bool = True) ->
     for remote in info.files:
         fetch(remote.url, root / remote.target, remote.sha256, unpack=remote.unpack,
               progress=progress)
+    if info.layout == "st":  # the her2st layout: files already sit where the reader looks
+        return root
     missing = []
     for slide_id in info.slides:
         folder = root / slide_id

@@ -52,3 +52,18 @@ def symbols_to_ids(symbols, organism: str) -> np.ndarray:
     lookup = pd.Series(first["gene_id"].to_numpy(), index=first["gene_symbol"].to_numpy())
     mapped = lookup.reindex(pd.Index(np.asarray(symbols, dtype=object)))
     return np.where(mapped.isna(), None, mapped.to_numpy(dtype=object))
+
+
+def fill_symbols(var: pd.DataFrame) -> None:
+    """Where a source repeats the Ensembl id as its symbol, take the symbol from the GENCODE table
+    (in place; ids GENCODE does not know keep their id as symbol).
+
+    Defined in ``notebooks/01_spared_database.py``.
+    """
+    for organism, prefix in (("human", "ENSG0"), ("mouse", "ENSMUSG0")):
+        todo = var.index.str.startswith(prefix) & (var["gene_symbol"].to_numpy() == var.index.to_numpy())
+        if todo.any():
+            table = _load(organism)["gene_symbol"]
+            found = table.reindex(var.index[todo])
+            var.loc[var.index[todo], "gene_symbol"] = found.fillna(pd.Series(var.index[todo],
+                                                                             index=var.index[todo]))

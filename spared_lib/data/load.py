@@ -26,24 +26,29 @@ def _resolve(key_or_info) -> DatasetInfo:
 
 
 def dataset_root(info: DatasetInfo, data_dir: str | Path | None = None) -> Path:
-    """The folder holding a dataset's slides: ``info.root``, else ``<data_dir>/<key>``.
+    """The folder holding a dataset's slides: ``info.root``, else ``<data_dir>/<folder>``, where
+    ``folder`` is the key unless several datasets share one folder (the her2st family).
 
     Defined in ``notebooks/01_spared_database.py``.
     """
     if info.root is not None:
         return Path(info.root)
-    return Path(data_dir) / info.key if data_dir is not None else cache_dir() / info.key
+    name = info.folder or info.key
+    return Path(data_dir) / name if data_dir is not None else cache_dir() / name
 
 
-def _read_slide(info: DatasetInfo, root: Path, slide_id: str):
-    from .readers import read_st, read_visium
+def _read_slide(info: DatasetInfo, root: Path, slide_id: str, load_images: bool):
+    from .readers import read_visium
+    from .st import read_st
 
     if info.layout == "st":
-        return read_st(root, slide_id, organism=info.organism)
-    return read_visium(root / slide_id, library_id=slide_id)
+        return read_st(root, slide_id, organism=info.organism, load_images=load_images,
+                       require_image=info.requires_image)
+    return read_visium(root / slide_id, library_id=slide_id, load_images=load_images)
 
 
-def load_dataset(key_or_info, data_dir: str | Path | None = None, download: bool = True):
+def load_dataset(key_or_info, data_dir: str | Path | None = None, download: bool = True,
+                 load_images: bool = True):
     """Load all slides of a dataset into one AnnData with raw counts.
 
     Parameters
@@ -57,6 +62,9 @@ def load_dataset(key_or_info, data_dir: str | Path | None = None, download: bool
     download
         Fetch missing files (pinned URLs, checksums). With ``False`` a missing slide is an error
         that names the folder to fill by hand.
+    load_images
+        Decode the hires/lowres images into ``uns['spatial'][slide]['images']`` (``False`` is
+        faster when only counts and positions are needed; ``fullres_path`` is set either way).
 
     Returns
     -------
@@ -72,19 +80,23 @@ def load_dataset(key_or_info, data_dir: str | Path | None = None, download: bool
 
     info = _resolve(key_or_info)
     root = dataset_root(info, data_dir)
-    missing = [s for s in info.slides if not _slide_present(info, root, s)]
+    missing = {s: _slide_missing(info, root, s) for s in info.slides}
+    missing = {s: m for s, m in missing.items() if m}
     if missing:
         if info.root is not None or not download:
+            where = ("each slide's Space Ranger output in {root}/<slide_id>/" if info.layout == "visium"
+                     else "the files listed above (the her2st layout)").format(root=root)
             raise FileNotFoundError(
-                f"dataset {info.key!r}: slide folder(s) missing under {root}: {missing}. "
+                f"dataset {info.key!r}: slide(s) missing under {root}: "
+                + "; ".join(f"{s} ({m})" for s, m in missing.items()) + ". "
                 + ("Call with download=True, or place" if info.root is None else "Place")
-                + f" each slide's Space Ranger output in {root}/<slide_id>/.")
+                + f" {where}.")
         from .download import fetch_dataset
 
         fetch_dataset(info, root)
     slides = []
     for slide_id, split in info.slides.items():
-        a = _read_slide(info, root, slide_id)
+        a = _read_slide(info, root, slide_id, load_images)
         a.obs["barcode"] = a.obs_names.astype(str)
         a.obs["slide_id"] = slide_id
         a.obs["patient"] = info.patient_of(slide_id)
@@ -112,7 +124,18 @@ def load_dataset(key_or_info, data_dir: str | Path | None = None, download: bool
     return adata
 
 
-def _slide_present(info: DatasetInfo, root: Path, slide_id: str) -> bool:
+def _slide_missing(info: DatasetInfo, root: Path, slide_id: str) -> str:
+    """What is missing of one slide ("" when nothing). her2st-layout slides: the registry's files of
+    that slide where it lists them (a half-finished download is fetched again), else the counts,
+    spot file and (where required) the JPEG. Visium: the slide's folder, which a user may fill by
+    hand with Space Ranger's output (no archive needed)."""
     if info.layout == "st":
-        return (root / "ST-cnts" / f"{slide_id}.tsv.gz").exists()
-    return (root / slide_id).is_dir()
+        listed = [f.target for f in info.files if f.slide == slide_id]
+        if listed:
+            return ", ".join(t for t in listed if not (root / t).exists())
+        need = [f"ST-cnts/{slide_id}.tsv.gz", f"ST-spotfiles/{slide_id}_selection.tsv"]
+        absent = [t for t in need if not (root / t).exists()]
+        if info.requires_image and not list((root / "ST-imgs" / slide_id[0] / slide_id).glob("*.jpg")):
+            absent.append(f"ST-imgs/{slide_id[0]}/{slide_id}/*.jpg")
+        return ", ".join(absent)
+    return "" if (root / slide_id).is_dir() else f"folder {slide_id}/"
