@@ -1,12 +1,4 @@
-"""Neighbourhood, slide and exemplar models: HisToGene, Hist2ST, EGN, EGGN, BLEEP, SEPAL (issue 7).
-
-Notes for base.py / the trainer (owned by the issue-6 helper), no change made there:
-- EGGN and SEPAL read frozen features precomputed in ``prepare``; their batches only need
-  ``index`` (and ``xy``/``slide``), so the trainer's image loading is unused work for them.
-  A ``SpotModel.needs_image = True`` flag the loaders could honour would save that I/O.
-- The registry's ``original_params`` of the six models can be filled from each module's
-  ``original_n_params(128)`` (checked against the built architectures below).
-"""
+"""Neighbourhood, slide and exemplar models: HisToGene, Hist2ST, EGN, EGGN, BLEEP, SEPAL (issues 7, 14)."""
 import math
 
 import numpy as np
@@ -16,13 +8,11 @@ import torch
 
 anndata = pytest.importorskip("anndata")
 
-from spared_lib.models import MODELS, build_model, count_parameters  # noqa: E402
+from spared_lib.models import CONTEXT_MODELS, MODELS, build_model, count_parameters  # noqa: E402
 from spared_lib.models import graph as G  # noqa: E402
 from spared_lib.models.base import FitContext  # noqa: E402
-from spared_lib.training.data import normalise as normalise_uint8  # noqa: E402
+from spared_lib.training import normalise as normalise_uint8  # noqa: E402
 from toydata import make_patch_data  # noqa: E402
-
-CONTEXT_MODELS = ("histogene", "hist2st", "egn", "eggn", "bleep", "sepal")
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -322,8 +312,162 @@ def test_short_fit_reduces_training_loss(name, request, tmp_path):
     steps = 8
     # batch = all 50 training spots: full-batch steps, so the loss falls step by step
     res = fit(name, ad, "c_d_log1p", steps=steps, lr=lr, patches=patches, batch_size=50, size="small",
-              device="cpu", out_dir=tmp_path, val_every=steps, progress=False, verbose=False, model_kwargs=kw)
+              pretrained=None, device="cpu", out_dir=tmp_path, val_every=steps, progress=False, verbose=False,
+              model_kwargs=kw)
     loss = res.history["train_loss"].dropna().to_numpy()
     assert len(loss) == steps
     assert loss[-3:].mean() < loss[:3].mean(), loss
     assert np.isfinite(res.metrics["MSE"]) and res.predictions.shape == (len(res.eval_index), ad.n_vars)
+
+
+# --------------------------------------------------------------------------- issue 14
+@pytest.mark.parametrize("name", ["histogene", "hist2st", "egn", "eggn"])
+def test_output_bias_starts_at_the_train_mean_over_all_entries(name, data):
+    """§1: an untrained model's first prediction sits at the train mean (all training entries)."""
+    ad, patches = data
+    target = ad.layers["c_d_log1p"] + 8.0  # log2 TPM-like level
+    train = np.flatnonzero(ad.obs["split"] == "train")
+    mean = target[train].mean(0)
+    assert not np.allclose(mean, (target * ad.layers["mask"])[train].sum(0) / ad.layers["mask"][train].sum(0))
+    firsts = {}
+    for init in ("mean", None):
+        torch.manual_seed(0)
+        model = build_model(name, ad.n_vars, size="small", init_bias=init)
+        model.prepare(make_ctx(ad, patches, target))
+        if init == "mean":
+            np.testing.assert_allclose(model.output_layer().bias.detach().numpy(), mean, rtol=1e-5)
+        rows = np.arange(25) if model.batching == "slide" else train[:12]
+        model.eval()
+        with torch.no_grad():
+            firsts[init] = model(batch_of(ad, patches, rows, target)).numpy().mean(0)
+    assert np.abs(firsts["mean"] - mean).max() < 2.0
+    assert np.abs(firsts[None] - mean).min() > 5.0
+
+
+def test_bleep_and_sepal_have_no_output_bias_to_initialise():
+    assert build_model("bleep", 4, size="small").output_layer() is None
+    sepal = small_model("sepal", 4)
+    assert sepal.init_bias is None and sepal.uses_deltas
+    with pytest.raises(TypeError, match="init_bias"):
+        build_model("bleep", 4, size="small", init_bias="mean")
+
+
+def test_sepal_stage2_is_the_published_network():
+    """§2: node features = 768-d ViT embedding ‖ 768-d position code (1536 → 512), GCN 512 → 256 → 128,
+    SAGPooling, head 128 → G."""
+    with torch.device("meta"):
+        m = build_model("sepal", 128)
+    assert m.emb_dim == 768 and m.pre.in_features == 1536 and m.pre.out_features == 512
+    assert (m.gcn1.lin.out_features, m.gcn2.lin.out_features) == (256, 128)
+    assert (m.head.in_features, m.head.out_features) == (128, 128)
+    stage2 = sum(p.numel() for n, p in m.named_parameters() if not n.startswith("stage1."))
+    assert stage2 == 967_937 and MODELS["sepal"].original_params == 86_865_025
+
+
+def test_sag_pooling_keeps_the_top_node_scaled_by_tanh_of_its_score():
+    from spared_lib.models.sepal import SAGPool
+
+    torch.manual_seed(0)
+    pool = SAGPool(5)
+    x = torch.randn(3, 4, 5)
+    adj = torch.rand(3, 4, 4) > 0.5
+    adj = (adj | adj.transpose(1, 2)) & ~torch.eye(4, dtype=torch.bool)
+    valid = torch.tensor([[True] * 4, [True, True, True, False], [True, False, False, False]])
+    out = pool(x, adj, valid)
+    for b in range(3):  # reference: PyG's GraphConv score, top-1 real node, times tanh(score)
+        a = adj[b].float() * valid[b].float()[None] * valid[b].float()[:, None]
+        score = (pool.lin_rel(a @ x[b]) + pool.lin_root(x[b])).squeeze(-1)
+        score[~valid[b]] = -float("inf")
+        top = int(score.argmax())
+        torch.testing.assert_close(out[b], x[b, top] * torch.tanh(score[top]))
+
+
+def test_sepal_reads_embeddings_and_ends_in_elu(data224):
+    ad, patches = data224
+    model = small_model("sepal", ad.n_vars)
+    target = ad.layers["c_d_deltas"]
+    model.prepare(make_ctx(ad, patches, target))
+    assert model.embeddings.shape == (ad.n_obs, model.emb_dim)  # the ViT's features, head = identity
+    with torch.no_grad():
+        emb = model.stage1.features(normalise(patches[:3]))
+    torch.testing.assert_close(model.embeddings[:3], emb, rtol=1e-4, atol=1e-4)
+    x, valid, _ = model.node_features(torch.tensor([5]))
+    assert x.shape[-1] == 2 * model.emb_dim
+    torch.testing.assert_close(x[0, 0, : model.emb_dim], model.embeddings[5])
+    torch.nn.init.constant_(model.head.bias, -50.0)  # ELU saturates at -1: the correction is bounded below
+    b = batch_of(ad, patches, np.arange(6), target)
+    with torch.no_grad():
+        corr = model.eval()(b) - model.stage1_pred[:6]
+    torch.testing.assert_close(corr, torch.full_like(corr, -1.0), atol=1e-4, rtol=0)
+
+
+def test_eggn_window_graph_is_the_originals_binned_radius_graph():
+    """§6: Yan98/EGN v2 links spots whose 256-px cells are at most sqrt(2) apart (at most 5)."""
+    model = build_model("eggn", 4, size="small")
+    assert model.radius == pytest.approx(math.sqrt(2)) and model.cell_px == 256
+    rng = np.random.default_rng(0)
+    xy = torch.tensor(rng.uniform(0, 2000, (60, 2)), dtype=torch.float32)
+    slide = torch.tensor(np.repeat([0, 1], 30))
+    e = model.window_edges(xy, slide)
+    cell = torch.floor(xy / 256)
+    d = torch.cdist(cell, cell)
+    for i in range(60):  # reference, loop fine in a test
+        cand = [j for j in range(60) if j != i and slide[j] == slide[i] and d[i, j] <= math.sqrt(2) + 1e-6]
+        got = e[0][e[1] == i].tolist()
+        assert len(got) == min(5, len(cand)) and set(got) <= set(cand)
+        if len(cand) <= 5:
+            assert sorted(got) == sorted(cand)
+    # 300 px apart (two cells): no edge, whatever a 1000-px radius would say
+    far = model.window_edges(torch.tensor([[0.0, 0.0], [520.0, 0.0]]), torch.zeros(2, dtype=torch.long))
+    assert far.shape[1] == 0
+
+
+def test_egn_uses_euclidean_and_eggn_l1_exemplars(data, monkeypatch):
+    """§3: Yan98/EGN v1 build_exemplar.py uses cdist(p=2), v2 cdist(p=1); other slides only."""
+    from spared_lib.models import egn as egn_module
+
+    q, a, b = [0.0, 0.0], [1.0, 1.0], [1.8, 0.0]  # L2-nearest: a; L1-nearest: b
+    feats = np.array([q, a, b])
+    slide = np.array([0, 1, 1])
+    assert egn_module.exemplar_table(feats, slide, np.array([1, 2]), k=1, p=2.0)[0, 0] == 0
+    assert egn_module.exemplar_table(feats, slide, np.array([1, 2]), k=1, p=1.0)[0, 0] == 1
+    seen = {}
+    real = egn_module.exemplar_table
+
+    def spy(*args, **kw):
+        seen[kw.get("p")] = True
+        return real(*args, **kw)
+
+    monkeypatch.setattr(egn_module, "exemplar_table", spy)
+    ad, patches = data
+    for name in ("egn", "eggn"):
+        small_model(name, ad.n_vars).prepare(make_ctx(ad, patches, ad.layers["c_d_log1p"]))
+    assert set(seen) == {1.0, 2.0}
+
+
+def test_exemplars_of_training_spots_never_come_from_their_own_slide(data):
+    ad, patches = data
+    slide = ad.obs["slide_id"].cat.codes.to_numpy()
+    train = np.flatnonzero(ad.obs["split"] == "train")
+    assert len(np.unique(slide[train])) == 2
+    for name in ("egn", "eggn"):
+        model = small_model(name, ad.n_vars)
+        model.prepare(make_ctx(ad, patches, ad.layers["c_d_log1p"]))
+        rows = model.bank.train_index[model.bank.table].numpy()  # (n_obs, k) rows of adata
+        assert (slide[rows[train]] != slide[train][:, None]).all()
+        assert np.isin(rows, train).all()
+
+
+@pytest.mark.parametrize("name", ["histogene", "hist2st", "eggn"])
+def test_slide_models_take_whole_slides_by_default(name, data):
+    """§4: the originals train one whole slide per batch; crops only where the trainer must."""
+    from spared_lib.training.data import SlideDataset, read_targets, spot_meta
+
+    ad, patches = data
+    model = small_model(name, ad.n_vars)
+    assert model.batching == "slide" and model.max_spots is None
+    train = np.flatnonzero(ad.obs["split"] == "train")
+    ds = SlideDataset(patches, read_targets(ad, "c_d_log1p", False), spot_meta(ad), train, ring(ad),
+                      model.max_spots)
+    assert len(ds) == 2 and sorted(len(c) for c in ds.crops) == [25, 25]
+    assert build_model(name, ad.n_vars, size="small", max_spots=10).max_spots == 10

@@ -1,8 +1,6 @@
 """The model registry and the patch models (ShuffleNet, ViT-B, ViT-B+Δ, ST-Net) and their weights."""
-import hashlib
 import importlib
 import importlib.util
-import socket
 
 import numpy as np
 import pytest
@@ -64,16 +62,52 @@ def test_model_settings_follow_the_originals():
         build_model("stnet", 5, size="small", verbose=False, depth=3)
 
 
-def test_stnet_prepare_sets_bias_to_masked_train_mean():
+def _ctx(target, mask, train):
+    return FitContext(adata=None, patches=None, target=target, mask=mask, train_index=np.asarray(train),
+                      neighbors=None, device="cpu", encode=None)
+
+
+def test_stnet_starts_at_the_train_mean_over_all_entries():
+    """ST-Net's original (bryanhe/ST-Net run_spatial.py): zero weights, bias = mean over all training spots."""
     m = build_model("stnet", 3, size="small", verbose=False)
     target = np.array([[1.0, 2.0, 5.0], [3.0, 4.0, 7.0], [100.0, 100.0, 100.0]], np.float32)
     mask = np.array([[True, True, False], [True, False, False], [True, True, True]])
-    ctx = FitContext(adata=None, patches=None, target=target, mask=mask, train_index=np.array([0, 1]),
-                     neighbors=None, device="cpu", encode=None)
-    m.prepare(ctx)
-    np.testing.assert_allclose(m.head.bias.detach().numpy(), [2.0, 2.0, 0.0])  # row 2 is not training
+    m.prepare(_ctx(target, mask, [0, 1]))
+    # all training entries (the loss covers them), not only the observed ones; row 2 is not training
+    np.testing.assert_allclose(m.head.bias.detach().numpy(), [2.0, 3.0, 6.0])
     out = m({"image": torch.randn(2, 3, 32, 32)}).detach().numpy()
-    np.testing.assert_allclose(out, [[2.0, 2.0, 0.0]] * 2)
+    np.testing.assert_allclose(out, [[2.0, 3.0, 6.0]] * 2)  # an untrained ST-Net predicts the train mean
+
+
+@pytest.mark.parametrize("name", ["shufflenet", "vit_b"])
+def test_output_bias_starts_at_the_train_mean(name):
+    rng = np.random.default_rng(0)
+    target = (10.0 + rng.normal(0, 1, (40, 5))).astype(np.float32)  # log2 TPM-like level
+    mask = rng.random((40, 5)) > 0.4
+    train = np.arange(30)
+    img = torch.randn(8, 3, 32, 32)
+    m = build_model(name, 5, size="small", verbose=False, image_size=32)
+    assert m.init_bias == "mean"
+    m.prepare(_ctx(target, mask, train))
+    np.testing.assert_allclose(m.head.bias.detach().numpy(), target[train].mean(0), rtol=1e-6)
+    with torch.no_grad():
+        first = m({"image": img}).numpy()
+    # the first prediction sits at the data's level, not near 0
+    assert np.abs(first.mean(0) - target[train].mean(0)).max() < 1.5
+    plain = build_model(name, 5, size="small", verbose=False, image_size=32, init_bias=None)
+    plain.prepare(_ctx(target, mask, train))
+    with torch.no_grad():
+        assert np.abs(plain({"image": img}).numpy().mean(0) - target[train].mean(0)).min() > 5
+    with pytest.raises(ValueError, match="init_bias"):
+        build_model(name, 5, size="small", verbose=False, init_bias="median")
+
+
+def test_delta_models_keep_plain_init():
+    m = build_model("vit_b_delta", 4, size="small", verbose=False)
+    assert m.init_bias is None
+    before = m.head.bias.detach().clone()
+    m.prepare(_ctx(np.full((3, 4), 9.0, np.float32), np.ones((3, 4), bool), [0, 1]))
+    assert torch.equal(m.head.bias, before)
 
 
 @pytest.mark.parametrize("name", ["shufflenet", "stnet", "vit_b"])
@@ -86,34 +120,18 @@ def test_paper_size_parameter_counts_match_registry(name):
     assert isinstance(m.backbone, tv)
 
 
-def _save_torchvision_state(tmp_path, name="shufflenetv2_x0.5"):
+def test_imagenet_weights_download_through_torch_hub(tmp_path, monkeypatch, capsys):
+    """Without a mirror: torchvision's URL through torch hub (its cache, its hash-prefix check)."""
+    import hashlib
+
     torch.manual_seed(1)
     net = torchvision.models.shufflenet_v2_x0_5()
-    path = tmp_path / "plain.pth"
-    torch.save(net.state_dict(), path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    hashed = tmp_path / f"{name}-{digest[:10]}.pth"  # torch hub checks this hash prefix
-    path.rename(hashed)
-    return net, hashed
-
-
-def test_local_state_dict_is_loaded(tmp_path, capsys):
-    net, path = _save_torchvision_state(tmp_path)
-    m = build_model("shufflenet", 4, pretrained=str(path))
-    assert "local weights" in capsys.readouterr().out
-    ref = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    got = m.backbone.state_dict()
-    assert set(ref) == set(got)
-    assert all(torch.equal(ref[k], got[k]) for k in ref)
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        build_model("shufflenet", 4, pretrained=str(tmp_path / "nope.pth"))
-    with pytest.raises(ValueError, match="do not fit densenet121"):
-        build_model("stnet", 4, pretrained=str(path), verbose=False)
-
-
-def test_imagenet_weights_download_through_torch_hub(tmp_path, monkeypatch, capsys):
-    net, path = _save_torchvision_state(tmp_path)
+    plain = tmp_path / "plain.pth"
+    torch.save(net.state_dict(), plain)
+    path = tmp_path / f"shufflenetv2_x0.5-{hashlib.sha256(plain.read_bytes()).hexdigest()[:10]}.pth"
+    plain.rename(path)
     hub = tmp_path / "hub"
+    monkeypatch.delenv(backbones.MIRROR_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     monkeypatch.setitem(backbones.IMAGENET_URLS, "shufflenet_v2_x0_5", path.as_uri())
     m = build_model("shufflenet", 4, pretrained="imagenet")
@@ -121,16 +139,4 @@ def test_imagenet_weights_download_through_torch_hub(tmp_path, monkeypatch, caps
     assert (hub / "checkpoints" / path.name).is_file()  # cached where torch hub keeps weights
     assert torch.equal(m.backbone.conv1[0].weight, net.conv1[0].weight)
     with pytest.raises(ValueError, match="only for the paper-size"):
-        build_model("shufflenet", 4, pretrained="imagenet", size="small")
-
-
-def test_offline_imagenet_download_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty_hub"))
-    with socket.socket() as s:  # a port nobody listens on: the connection is refused at once
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/shufflenetv2_x0.5-f707e7126e.pth"
-    monkeypatch.setitem(backbones.IMAGENET_URLS, "shufflenet_v2_x0_5", url)
-    with pytest.raises(backbones.WeightsUnavailableError, match="could not download.*pretrained=None"):
-        build_model("shufflenet", 4, pretrained="imagenet")
-    assert not (tmp_path / "empty_hub" / "checkpoints" / "shufflenetv2_x0.5-f707e7126e.pth").exists()
+        build_model("vit_b", 4, pretrained="imagenet", size="small")

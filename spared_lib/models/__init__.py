@@ -47,7 +47,7 @@ MODELS: dict[str, ModelEntry] = {
     "egn": ModelEntry("spared_lib.models.egn", "EGN", 132_856_960, 1e-4),
     "eggn": ModelEntry("spared_lib.models.eggn", "EGGN", 11_089_537, 1e-4),
     "bleep": ModelEntry("spared_lib.models.bleep", "BLEEP", 24_198_208, 1e-4),
-    "sepal": ModelEntry("spared_lib.models.sepal", "SEPAL", 86_209_665, 1e-4),
+    "sepal": ModelEntry("spared_lib.models.sepal", "SEPAL", 86_865_025, 1e-4),
     "shufflenet": ModelEntry("spared_lib.models.patch", "ShuffleNet", 472_992, 1e-3),
     "vit_b": ModelEntry("spared_lib.models.patch", "ViT-B", 85_897_088, 1e-4),
     "vit_b_delta": ModelEntry("spared_lib.models.patch", "ViT-B+Δ", 85_897_088, 1e-4),
@@ -55,6 +55,8 @@ MODELS: dict[str, ModelEntry] = {
 
 #: The four patch models of ``notebooks/04_patch_models.py``.
 PATCH_MODELS = ("shufflenet", "vit_b", "vit_b_delta", "stnet")
+#: The six context models of ``notebooks/05_context_models.py`` (slide, neighbourhood, exemplar, retrieval).
+CONTEXT_MODELS = ("histogene", "hist2st", "egn", "eggn", "bleep", "sepal")
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -76,8 +78,11 @@ def build_model(name: str, n_genes: int, pretrained=None, size: str = "paper", *
     n_genes
         Number of predicted genes (32 or 128 in SpaRED).
     pretrained
-        ``'imagenet'``, a path to a local state dict, or ``None`` (random init);
-        see :mod:`spared_lib.models.backbones`.
+        ``None`` (random init), ``'imagenet'`` (the backbone's torchvision ImageNet weights; from
+        scratch, with a warning, where the original has no pretrained part: HisToGene, Hist2ST) or
+        the path of a checkpoint of this model (``FitResult.checkpoint_path``); see
+        :mod:`spared_lib.models.backbones`. Like torchvision's ``weights=None``, the default is
+        random init; :func:`spared_lib.training.fit` defaults to ``'imagenet'`` (the paper's).
     size
         ``'paper'`` (the original architecture) or ``'small'`` (CPU-friendly, for fast runs).
     **kw
@@ -96,6 +101,9 @@ def build_model(name: str, n_genes: int, pretrained=None, size: str = "paper", *
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
     if size not in ("paper", "small"):
         raise ValueError(f"size must be 'paper' or 'small', got {size!r}")
+    from .backbones import check_pretrained
+
+    check_pretrained(pretrained)  # a clear error before anything is built
     try:
         module = importlib.import_module(entry.module)
     except ModuleNotFoundError as err:
@@ -111,4 +119,4 @@ def count_parameters(model, trainable_only: bool = True) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
 
 
-__all__ = ["MODELS", "PATCH_MODELS", "ModelEntry", "build_model", "count_parameters", "get_entry"]
+__all__ = ["CONTEXT_MODELS", "MODELS", "PATCH_MODELS", "ModelEntry", "build_model", "count_parameters", "get_entry"]

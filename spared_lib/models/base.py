@@ -17,10 +17,11 @@ A batch is a ``dict`` of tensors on the model's device:
 ``mask``    bool ``(B, G)``, True where the entry was observed (``layers['mask']``): metrics
             and validation MSE use only these entries (SPEC §5).
 ``loss_mask`` bool ``(B, G)``, optional: the entries the training loss may use. Absent (the
-            default), the loss covers every entry of the target, as the original trainer does:
-            that is what makes training on median- or SpaCKLE-completed targets differ. The
-            trainer sets it to ``mask`` when asked for an observed-only loss (the original's
-            ``robust_loss``).
+            default), the loss covers every entry of the target, as the original trainers do
+            (``torch.nn.MSELoss`` over the whole target in BCV-Uniandes/SEPAL ``main.py`` and
+            ``pretrain_backbone.py``): that is what makes training on median- or SpaCKLE-completed
+            targets differ. The trainer sets it to ``mask`` when asked for an observed-only loss
+            (``observed_only_loss=True``: our option; no original code restricts its loss so).
 ``index``   int64 ``(B,)``, row positions of the spots in the AnnData.
 ``slide``   int64 ``(B,)``, slide code (position in ``adata.obs['slide_id'].cat.categories``).
 ``grid``    int64 ``(B, 2)``, ``obs[['array_row', 'array_col']]``.
@@ -29,10 +30,24 @@ A batch is a ``dict`` of tensors on the model's device:
 When ``batching == 'slide'`` a batch holds the spots of one slide (or of one
 spatially contiguous crop of at most ``max_spots`` spots) and also
 ``edge_index`` int64 ``(2, E)``: the spot adjacency with positions local to the batch.
+
+Output initialisation
+---------------------
+Targets are log2(TPM + 1) values around 8–12, and a regression head starts near 0: a model
+would spend its first hundreds of steps (and a learning-rate search would favour high rates)
+only to reach the data's level. So every model with a linear output layer (:meth:`SpotModel.output_layer`)
+starts its bias at the train-split mean of its target, computed over **all** training entries
+(the loss covers all of them), unless built with ``init_bias=None`` (plain PyTorch init). This is
+what ST-Net's original does (bryanhe/ST-Net ``stnet/cmd/run_spatial.py``: ``last.bias.data =
+mean_expression``, the mean over all training spots, with zero weights); the other originals train
+on targets near 0 instead (HisToGene, Hist2ST: natural-log library-size-normalised expression;
+EGN/EGGN: min–max scaled to [0, 1]). Δ models predict deviations from the training mean, so
+their target is centred already and they keep plain init.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -102,11 +117,24 @@ class SpotModel(nn.Module if nn is not None else object):
     test_time_augmentation: bool = False
     #: Optimiser the original used: ``'adam'``, ``'adamw'`` or ``'sgd'`` (momentum 0.9).
     optimizer: str = "adam"
-    #: Largest slide crop for ``batching == 'slide'``.
-    max_spots: int = 1024
+    #: Largest slide crop for ``batching == 'slide'``; ``None``: whole slides (the trainer may still
+    #: crop where a slide does not fit the device: :mod:`spared_lib.training.memory`).
+    max_spots: int | None = None
+    #: ``'mean'``: :meth:`prepare` sets the output bias to the train-split mean of the target;
+    #: ``None``: plain init (see "Output initialisation" above).
+    init_bias: str | None = None
+
+    def output_layer(self) -> "nn.Linear | None":
+        """The linear layer that produces the genes (its bias is initialised), or None (retrieval)."""
+        return None
 
     def prepare(self, ctx: FitContext) -> None:
-        """Build whatever the model needs from the training spots (default: nothing)."""
+        """Build whatever the model needs from the training spots; subclasses call ``super().prepare(ctx)``.
+
+        Here: the output bias at the train mean of the target when ``init_bias == 'mean'``.
+        """
+        if self.init_bias == "mean" and self.output_layer() is not None:
+            init_output_bias(self.output_layer(), ctx)
 
     def forward(self, batch: dict) -> "torch.Tensor":  # pragma: no cover - abstract
         raise NotImplementedError
@@ -130,3 +158,51 @@ def masked_mse(pred: "torch.Tensor", target: "torch.Tensor", mask: "torch.Tensor
     """Mean of ``(pred - target)**2`` over the entries where ``mask`` is True."""
     m = mask.to(pred.dtype)
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+
+
+def train_mean(ctx: FitContext) -> np.ndarray:
+    """``(G,)`` mean of the target over **all** training entries (observed or completed)."""
+    t = np.asarray(ctx.target)[np.asarray(ctx.train_index, dtype=np.int64)]
+    if t.shape[0] == 0:
+        raise ValueError("the training split is empty: no train mean to start the output bias from")
+    return t.mean(0, dtype=np.float64).astype(np.float32)
+
+
+def init_output_bias(layer: "nn.Linear", ctx: FitContext) -> None:
+    """Set ``layer.bias`` to :func:`train_mean` (see "Output initialisation" in the module docstring)."""
+    if layer.bias is None:
+        raise ValueError(f"init_bias='mean' needs an output layer with a bias, got {layer}")
+    with torch.no_grad():
+        layer.bias.copy_(torch.as_tensor(train_mean(ctx), dtype=layer.bias.dtype))
+
+
+def check_init_bias(init_bias) -> str | None:
+    """``'mean'`` or ``None``; anything else is a ``ValueError``."""
+    if init_bias not in ("mean", None):
+        raise ValueError(f"init_bias must be 'mean' (train-split mean of the target) or None (plain init), "
+                         f"got {init_bias!r}")
+    return init_bias
+
+
+def build_configured(cls, name: str, n_genes: int, configs: dict, size: str, pretrained, kw: dict,
+                     extra: tuple = ()):
+    """Shared builder of the configured models: ``cls(n_genes, **configs[size] | kw)``.
+
+    ``kw`` may override configuration keys and set ``extra`` constructor arguments; anything else
+    is a ``TypeError`` listing what is allowed. ``pretrained`` (``None``/``'imagenet'``/a path, see
+    :func:`spared_lib.models.backbones.check_pretrained`) is passed to ``cls`` as ``'imagenet'`` or
+    ``None``; a checkpoint path is loaded into the built model.
+    """
+    from .backbones import check_pretrained, load_checkpoint
+
+    if size not in configs:
+        raise ValueError(f"{name}: size must be one of {sorted(configs)}, got {size!r}")
+    allowed = set(configs[size]) | set(extra)
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise TypeError(f"build({name!r}): unexpected keyword(s) {unknown}; allowed: {sorted(allowed)}")
+    weights = check_pretrained(pretrained)
+    model = cls(n_genes, **{**configs[size], **kw}, pretrained=None if isinstance(weights, Path) else weights)
+    if isinstance(weights, Path):
+        load_checkpoint(model, weights)
+    return model

@@ -7,6 +7,12 @@ expression–expression similarities, so that spots that look alike or express a
 not pushed apart. Prediction is retrieval: the mean expression of the 50 training spots
 whose expression embeddings are nearest (cosine) to the patch's image embedding.
 
+``pretrained='imagenet'`` starts the ResNet-50 from torchvision's ImageNet weights; the original
+uses timm's (bowang-lab/BLEEP ``modules.py``: ``timm.create_model('resnet50', pretrained=True,
+num_classes=0)``): the same architecture, a different ImageNet training run. BLEEP has no output
+layer (it predicts averages of training targets, already on the data's scale), so it takes no
+``init_bias``.
+
 The retrieval database holds training spots only (``FitContext.train_index``); their
 embeddings are recomputed with the current weights at every :meth:`predict` call, so
 they never go stale during training.
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SpotModel
+from .base import SpotModel, build_configured
 from .egn import FEATURE_DIM, resnet_trunk
 
 CONFIGS = {
@@ -84,6 +90,7 @@ class BLEEP(SpotModel):
 
     def prepare(self, ctx) -> None:
         """The retrieval database: targets of the training spots only."""
+        super().prepare(ctx)
         train = np.asarray(ctx.train_index, dtype=np.int64)
         if train.size == 0:
             raise ValueError("bleep: no training spots for the retrieval database")
@@ -114,10 +121,9 @@ class BLEEP(SpotModel):
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> BLEEP:
-    """Build BLEEP. ``pretrained`` initialises the ResNet (``'imagenet'`` or a state-dict path).
+    """Build BLEEP. ``pretrained='imagenet'`` initialises the ResNet with torchvision's ImageNet weights;
+    a path loads a checkpoint of this model.
 
     Introduced in ``notebooks/05_context_models.py``.
     """
-    if size not in CONFIGS:
-        raise ValueError(f"bleep: size must be one of {sorted(CONFIGS)}, got {size!r}")
-    return BLEEP(n_genes, **{**CONFIGS[size], **kw}, pretrained=pretrained)
+    return build_configured(BLEEP, name, n_genes, CONFIGS, size, pretrained, kw)

@@ -3,11 +3,19 @@
 Features come from a frozen ImageNet ResNet-18 (512-d), computed once for every spot.
 One heterogeneous graph per slide (or crop) has two node types:
 
-* **window** nodes, the spots, linked by a radius graph on the pixel coordinates (at most
-  5 neighbours within ``radius`` full-resolution pixels, 1000 in the original);
+* **window** nodes, the spots, linked by a radius graph: the original (Yan98/EGN
+  ``v2/generate_graph.py``, ``radius_graph(pos, sqrt(2), max_num_neighbors=5)`` with ``pos =
+  [x // 256, y // 256]`` from ``v1/dataset.py``, 256 px being its patch size) bins the
+  full-resolution pixel coordinates into 256-px cells and links spots whose cells are at most √2
+  apart (the 8 surrounding cells), at most 5 neighbours per spot, one graph per slide. That is
+  the default here (``cell_px=256``, ``radius=√2``); SpaRED's adaptation (danielaruizl1/EGGN_spared
+  ``generate_graph_spared.py``) instead uses ``radius=1000`` on the unbinned pixels of a whole
+  split (``cell_px=1, radius=1000``);
 * **exemplar** nodes, the ``k = 6`` nearest *training* spots of each window in feature
-  space (feature ‖ expression), linked among themselves by a 3-nearest-neighbour graph
-  and to their windows by exemplar → window edges.
+  space, by L1 distance between the frozen ResNet-18 features (``cdist(p=1)`` in Yan98/EGN
+  ``v2/build_exemplar.py``; EGN's v1 uses Euclidean), from other training slides (see
+  :mod:`spared_lib.models.egn` for a single training slide), linked among themselves by a
+  3-nearest-neighbour graph on feature ‖ expression and to their windows by exemplar → window edges.
 
 Four layers each run GraphSAGE on window–window and exemplar–exemplar edges and an
 exemplar-bridging message on exemplar ↔ window edges (sigmoid-gated by the difference
@@ -27,15 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SpotModel, loss_mask, masked_mse
+import math
+
+from .base import SpotModel, build_configured, check_init_bias, loss_mask, masked_mse
 from .egn import FEATURE_DIM, ExemplarBank, FrozenEncoder, pcc_loss, resnet_trunk
 from .graph import SAGEConv, knn_graph, radius_graph, scatter_mean, scatter_sum, segment_softmax
 
 CONFIGS = {
-    "paper": dict(hidden=512, layers=4, k=6, exemplar_knn=3, radius=1000.0, max_neighbors=5, score_dim=128,
-                  backbone="resnet18", feature_px=224),
-    "small": dict(hidden=32, layers=2, k=6, exemplar_knn=3, radius=1000.0, max_neighbors=5, score_dim=16,
-                  backbone="resnet18", feature_px=32),
+    "paper": dict(hidden=512, layers=4, k=6, exemplar_knn=3, radius=math.sqrt(2), cell_px=256.0, max_neighbors=5,
+                  score_dim=128, backbone="resnet18", feature_px=224),
+    "small": dict(hidden=32, layers=2, k=6, exemplar_knn=3, radius=math.sqrt(2), cell_px=256.0, max_neighbors=5,
+                  score_dim=16, backbone="resnet18", feature_px=32),
 }
 
 
@@ -128,12 +138,15 @@ class EGGN(SpotModel):
 
     batching = "slide"
     optimizer = "adamw"
-    max_spots = 8192
 
     def __init__(self, n_genes: int, *, hidden: int, layers: int, k: int, exemplar_knn: int, radius: float,
-                 max_neighbors: int, score_dim: int, backbone: str, feature_px: int, pretrained=None):
+                 cell_px: float, max_neighbors: int, score_dim: int, backbone: str, feature_px: int,
+                 pretrained=None, init_bias: str | None = "mean", max_spots: int | None = None):
         super().__init__()
         self.k, self.exemplar_knn, self.radius, self.max_neighbors = k, exemplar_knn, radius, max_neighbors
+        self.cell_px, self.hidden, self.n_layers = cell_px, hidden, layers
+        self.init_bias = check_init_bias(init_bias)
+        self.max_spots = max_spots
         mdim = FEATURE_DIM[backbone]
         self.encoder = FrozenEncoder(resnet_trunk(backbone, pretrained), feature_px)
         self.bank = ExemplarBank(n_genes, mdim)
@@ -145,9 +158,20 @@ class EGGN(SpotModel):
         self.pool = ExemplarPool(hidden)
         self.lin = nn.Linear(hidden, n_genes)
 
+    def output_layer(self) -> nn.Linear:
+        return self.lin
+
     def prepare(self, ctx) -> None:
-        """Encode all spots with the frozen ResNet-18; exemplars from training spots only."""
-        self.bank.build(ctx, self.encoder, self.k)
+        """Output bias at the train mean; encode all spots with the frozen ResNet-18; exemplars from
+        training spots only (L1, as Yan98/EGN ``v2/build_exemplar.py``)."""
+        super().prepare(ctx)
+        self.bank.build(ctx, self.encoder, self.k, p=1.0)
+
+    def window_edges(self, xy: torch.Tensor, slide: torch.Tensor) -> torch.Tensor:
+        """Spot–spot edges: pixel coordinates binned into ``cell_px`` cells, at most ``max_neighbors``
+        nearest within ``radius`` cells, never across slides (the original's graph; module docstring)."""
+        pos = torch.floor(xy.float() / self.cell_px) if self.cell_px != 1 else xy.float()
+        return radius_graph(pos, self.radius + 1e-6, self.max_neighbors, group=slide)
 
     def graph(self, batch: dict):
         """Window features, exemplar nodes and the three edge lists of a slide (or crop)."""
@@ -157,8 +181,7 @@ class EGGN(SpotModel):
         ex_feat = self.bank.features[self.bank.train_index[uniq]]
         ex_y = self.bank.bank_target[uniq]
         e_cross = torch.stack([inverse, torch.arange(n, device=ex.device).repeat_interleave(k)])
-        e_win = radius_graph(batch["xy"].to(feat.device), self.radius, self.max_neighbors,
-                             group=batch["slide"].to(feat.device))
+        e_win = self.window_edges(batch["xy"].to(feat.device), batch["slide"].to(feat.device))
         e_ex = knn_graph(torch.cat([ex_feat, ex_y], 1), self.exemplar_knn)
         return feat, ex_feat, ex_y, e_win, e_ex, e_cross
 
@@ -177,10 +200,9 @@ class EGGN(SpotModel):
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> EGGN:
-    """Build EGGN. ``pretrained`` gives the frozen ResNet-18's weights (``'imagenet'`` or a path).
+    """Build EGGN. ``pretrained='imagenet'`` gives the frozen ResNet-18 its ImageNet weights (as the
+    original's ``torchvision.models.resnet18(True)``); a path loads a checkpoint of this model.
 
     Introduced in ``notebooks/05_context_models.py``.
     """
-    if size not in CONFIGS:
-        raise ValueError(f"eggn: size must be one of {sorted(CONFIGS)}, got {size!r}")
-    return EGGN(n_genes, **{**CONFIGS[size], **kw}, pretrained=pretrained)
+    return build_configured(EGGN, name, n_genes, CONFIGS, size, pretrained, kw, extra=("init_bias", "max_spots"))

@@ -9,9 +9,17 @@ gated messages, and that query gates the patch tokens (``value = W_x x · σ(W_k
 A class-specific residual-attention pooling of the tokens, concatenated with the query,
 feeds a linear head. Loss: MSE + 0.5 (1 − PCC), optimiser AdamW.
 
-Memory bank: only training spots (``FitContext.train_index``). Like the original, a
-spot's exemplars come from *other* training slides; when there is a single training
-slide, from the same slide excluding the spot itself.
+Memory bank: only training spots (``FitContext.train_index``). As in the original
+(Yan98/EGN ``v1/build_exemplar.py``: the search skips the query's own slide and every slide
+outside the training fold; Euclidean distance between frozen ResNet-50 features), a spot's
+exemplars come from *other* training slides, so that a training spot sees exemplars of the same
+kind as a test spot does: spots of another tissue section. Where a dataset has a single training
+slide (the five 10x datasets of SpaRED) there is no other slide; the exemplars then come from
+that slide, excluding the spot itself, as SpaRED's adaptation does for all datasets
+(danielaruizl1/EGGN_spared ``build_exemplar_spared.py``: the whole training split is the bank and
+a training spot drops its nearest match, itself). The price: a training spot's exemplars can be
+its tissue neighbours, whose expression is closer to its own than a test spot's exemplars are to
+the test spot's, so the exemplars look more informative in training than they are at test time.
 
 Introduced in ``notebooks/05_context_models.py``.
 """
@@ -24,7 +32,8 @@ from torch import nn
 
 from spared_lib.preprocessing import slide_codes
 
-from .base import SpotModel, loss_mask, masked_mse
+from .backbones import build_backbone
+from .base import SpotModel, build_configured, check_init_bias, loss_mask, masked_mse
 from .histogene import Attention, FeedForward, PreNorm
 
 CONFIGS = {
@@ -55,61 +64,12 @@ def original_n_params(n_genes: int) -> int:
 
 # --------------------------------------------------------------------------- backbone + retrieval
 def resnet_trunk(arch: str, pretrained=None, verbose: bool = True) -> nn.Module:
-    """A torchvision ResNet without its classifier (outputs pooled features).
+    """A torchvision ResNet without its classifier (pooled features), from the one weights loader.
 
-    ``pretrained`` follows :mod:`spared_lib.models.backbones`: ``None`` (random weights, the
-    offline default), ``'imagenet'`` (torchvision's ImageNet weights, downloaded once; a
-    :class:`~spared_lib.models.backbones.WeightsUnavailableError` says what to do offline) or a
-    path to a local torchvision state dict. The choice is printed.
+    ``pretrained``: ``None`` or ``'imagenet'`` (:func:`spared_lib.models.backbones.build_backbone`);
+    ``arch='resnet10'`` is the CPU-sized variant (no ImageNet weights).
     """
-    from pathlib import Path
-
-    import torchvision
-
-    from .backbones import WeightsUnavailableError, _clean_state_dict
-
-    if arch == "resnet10":  # CPU-sized variant for fast runs: one residual block per stage
-        from torchvision.models.resnet import BasicBlock, ResNet
-
-        if pretrained is not None:
-            raise ValueError("resnet10 (size='small') has no pretrained weights; use pretrained=None")
-        net = ResNet(BasicBlock, [1, 1, 1, 1])
-    else:
-        net = getattr(torchvision.models, arch)(weights=None)
-    source = "random initialisation"
-    if pretrained is not None:
-        if pretrained == "imagenet":
-            url = torchvision.models.get_weight(f"{_ENUMS[arch]}.IMAGENET1K_V1").url
-            try:
-                state = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True)
-            except (OSError, RuntimeError) as err:
-                raise WeightsUnavailableError(
-                    f"could not download the ImageNet weights of {arch} from {url} ({err}); download the file "
-                    f"into {Path(torch.hub.get_dir()) / 'checkpoints'}/, pass its path, or pass pretrained=None"
-                ) from err
-            source = f"ImageNet weights from torchvision ({url})"
-        else:
-            path = Path(pretrained).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file (expected 'imagenet', "
-                                        f"None, or the path of a torchvision {arch} state dict)")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            source = f"local weights {path}"
-        missing, unexpected = net.load_state_dict(_clean_state_dict(state, "fc"), strict=False)
-        if [k for k in missing if not k.startswith("fc.")] or unexpected:
-            raise ValueError(f"{source} do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if verbose and not _on_meta(net):
-        print(f"{arch}: {source}")
-    net.fc = nn.Identity()
-    return net
-
-
-_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
-
-
-def _on_meta(module: nn.Module) -> bool:
-    p = next(module.parameters(), None)
-    return p is not None and p.device.type == "meta"
+    return build_backbone(arch, pretrained=pretrained, verbose=verbose)[0]
 
 
 class FrozenEncoder(nn.Module):
@@ -132,12 +92,14 @@ class FrozenEncoder(nn.Module):
 
 
 def exemplar_table(features: np.ndarray | torch.Tensor, slide: np.ndarray, train_index: np.ndarray, k: int,
-                   chunk: int = 2048) -> np.ndarray:
-    """The ``k`` nearest training spots (Euclidean, in ``features``) of every spot.
+                   chunk: int = 2048, p: float = 2.0) -> np.ndarray:
+    """The ``k`` nearest training spots (Minkowski ``p`` distance in ``features``) of every spot.
 
     Returns ``(n_obs, k)`` int64 positions **into** ``train_index`` (the memory bank). A spot's
-    exemplars come from other training slides when at least ``k`` such spots exist, else from
-    all training spots except the spot itself. Introduced in ``notebooks/05_context_models.py``.
+    exemplars come from training slides other than its own when at least ``k`` such spots exist
+    (always, for validation and test spots, whose slides hold no training spot); otherwise (a single
+    training slide) from all training spots except the spot itself — see the module docstring for
+    why. ``p=2``: Euclidean (EGN); ``p=1``: L1 (EGGN). Introduced in ``notebooks/05_context_models.py``.
     """
     feats = torch.as_tensor(np.asarray(features), dtype=torch.float32)
     train_index = np.asarray(train_index, dtype=np.int64)
@@ -152,7 +114,7 @@ def exemplar_table(features: np.ndarray | torch.Tensor, slide: np.ndarray, train
     for start in range(0, feats.shape[0], chunk):
         q = feats[start:start + chunk]
         rows = torch.arange(start, start + q.shape[0])
-        d = torch.cdist(q, bank)
+        d = torch.cdist(q, bank, p=p)
         same_slide = slide[rows].unsqueeze(1) == bank_slide.unsqueeze(0)
         itself = rows.unsqueeze(1) == bank_pos.unsqueeze(0)
         enough_other = (~same_slide).sum(1, keepdim=True) >= k
@@ -171,8 +133,8 @@ class ExemplarBank(nn.Module):
         self.register_buffer("table", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.register_buffer("train_index", torch.zeros(0, dtype=torch.long), persistent=False)
 
-    def build(self, ctx, encoder: nn.Module, k: int) -> None:
-        """Encode every spot once, keep training targets only, and look up exemplars."""
+    def build(self, ctx, encoder: nn.Module, k: int, p: float = 2.0) -> None:
+        """Encode every spot once, keep training targets only, and look up exemplars (``p``: distance)."""
         n = ctx.target.shape[0]
         feats = ctx.encode(encoder, np.arange(n)).float()
         slide = slide_codes(ctx.adata)[0]
@@ -181,7 +143,7 @@ class ExemplarBank(nn.Module):
         self.features = feats.to(dev)
         self.bank_target = torch.as_tensor(np.asarray(ctx.target)[train], dtype=torch.float32, device=dev)
         self.train_index = torch.as_tensor(train, device=dev)
-        self.table = torch.as_tensor(exemplar_table(feats, slide, train, k), device=dev)
+        self.table = torch.as_tensor(exemplar_table(feats, slide, train, k, p=p), device=dev)
 
     def lookup(self, index: torch.Tensor):
         """Features ``(B, D)``, exemplar features ``(B, k, D)``, targets ``(B, k, G)`` and bank ids ``(B, k)``."""
@@ -282,8 +244,9 @@ class EGN(SpotModel):
 
     def __init__(self, n_genes: int, *, image_size: int, patch: int, dim: int, depth: int, heads: int,
                  dim_head: int, mlp_dim: int, bhead: int, bdim: int, bfre: int, player: int, k: int,
-                 backbone: str, feature_px: int, pretrained=None):
+                 backbone: str, feature_px: int, pretrained=None, init_bias: str | None = "mean"):
         super().__init__()
+        self.init_bias = check_init_bias(init_bias)
         side = image_size // patch
         if image_size % patch or side != 8:
             raise ValueError("egn: the exemplar-bridging blocks need an 8 x 8 token grid (image_size = 8 * patch)")
@@ -303,9 +266,14 @@ class EGN(SpotModel):
         self.pool = CSRA(dim)
         self.head = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, n_genes))
 
+    def output_layer(self) -> nn.Linear:
+        return self.head[-1]
+
     def prepare(self, ctx) -> None:
-        """Encode all spots with the frozen ResNet; exemplars from training spots only."""
-        self.bank.build(ctx, self.encoder, self.k)
+        """Output bias at the train mean; encode all spots with the frozen ResNet; exemplars from
+        training spots only (Euclidean, as Yan98/EGN ``v1/build_exemplar.py``)."""
+        super().prepare(ctx)
+        self.bank.build(ctx, self.encoder, self.k, p=2.0)
 
     def forward(self, batch: dict) -> torch.Tensor:
         img = batch["image"]
@@ -331,10 +299,9 @@ class EGN(SpotModel):
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> EGN:
-    """Build EGN. ``pretrained`` gives the frozen ResNet's weights (``'imagenet'`` or a state-dict path).
+    """Build EGN. ``pretrained='imagenet'`` gives the frozen ResNet its ImageNet weights (as the
+    original's ``torchvision.models.resnet50(True)``); a path loads a checkpoint of this model.
 
     Introduced in ``notebooks/05_context_models.py``.
     """
-    if size not in CONFIGS:
-        raise ValueError(f"egn: size must be one of {sorted(CONFIGS)}, got {size!r}")
-    return EGN(n_genes, **{**CONFIGS[size], **kw}, pretrained=pretrained)
+    return build_configured(EGN, name, n_genes, CONFIGS, size, pretrained, kw, extra=("init_bias",))

@@ -17,7 +17,11 @@ Both are switchable (``zinb=0``, ``bake=0``).
 Paper size follows the SpaRED adaptation (``fig_size=224``, tiles of 7 px, 32 channels,
 so ``dim = (224/7)² · 32/8 = 4096``; 2 conv-mixer, 8 attention (16 heads of 128), 4 graph
 layers; 128 positions): about 0.9 billion parameters, the largest model of the benchmark.
-On a GPU the trainer feeds crops of at most :attr:`max_spots` contiguous spots.
+Like the original (biomed-AI/Hist2ST ``HIST2ST_train.py``: ``DataLoader(trainset, batch_size=1)``
+over whole slides), a batch is a whole slide (``max_spots=None``); where a slide does not fit
+the device's memory (measured by the trainer, :mod:`spared_lib.training.memory`; the ``bake`` augmented passes multiply it) the
+trainer cuts it into spatially contiguous crops and records that it did. The original has no
+pretrained part, so ``pretrained='imagenet'`` trains from scratch and says so once in a warning.
 
 Introduced in ``notebooks/05_context_models.py``.
 """
@@ -29,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SpotModel, loss_mask, masked_mse
+from .base import SpotModel, build_configured, check_init_bias, loss_mask, masked_mse
 from .graph import scatter_mean
-from .histogene import TransformerBlock, grid_positions
+from .histogene import TransformerBlock, grid_positions, warn_no_imagenet
 
 CONFIGS = {
     "paper": dict(fig_size=224, patch=7, channel=32, kernel=5, depth1=2, depth2=8, depth3=4, heads=16,
@@ -132,18 +136,20 @@ class Hist2ST(SpotModel):
 
     batching = "slide"
     optimizer = "adam"
-    max_spots = 1024
 
     def __init__(self, n_genes: int, *, fig_size: int, patch: int, channel: int, kernel: int, depth1: int,
                  depth2: int, depth3: int, heads: int, dim_head: int, n_pos: int, dropout: float,
-                 zinb: float, bake: int, lamb: float, max_spots: int | None = None):
+                 zinb: float, bake: int, lamb: float, max_spots: int | None = None,
+                 init_bias: str | None = "mean", pretrained=None):
         super().__init__()
         if fig_size % patch or channel % 8:
             raise ValueError("hist2st: fig_size must be a multiple of patch and channel a multiple of 8")
+        if pretrained == "imagenet":
+            warn_no_imagenet("Hist2ST", "biomed-AI/Hist2ST HIST2ST.py: convolutions trained from scratch")
         dim = (fig_size // patch) ** 2 * channel // 8
         self.fig_size, self.n_pos, self.zinb, self.bake, self.lamb = fig_size, n_pos, zinb, bake, lamb
-        if max_spots is not None:
-            self.max_spots = max_spots
+        self.max_spots = max_spots
+        self.init_bias = check_init_bias(init_bias)
         self.patch_embedding = nn.Conv2d(3, channel, patch, patch)
         self.x_embed = nn.Embedding(n_pos, dim)
         self.y_embed = nn.Embedding(n_pos, dim)
@@ -165,7 +171,9 @@ class Hist2ST(SpotModel):
         self.register_buffer("size_factor", torch.zeros(0), persistent=False)
 
     def prepare(self, ctx) -> None:
-        """Keep the raw counts of the genes and per-spot size factors for the ZINB term."""
+        """Output bias at the train mean; keep the raw counts of the genes and per-spot size factors
+        for the ZINB term."""
+        super().prepare(ctx)
         if self.zinb <= 0:
             return
         layers = ctx.adata.layers
@@ -177,6 +185,9 @@ class Hist2ST(SpotModel):
         med = lib[torch.as_tensor(ctx.train_index)].median().clamp_min(1.0)
         self.counts = counts.to(self.counts.device)
         self.size_factor = (lib / med).clamp_min(1e-3).to(self.counts.device)
+
+    def output_layer(self) -> nn.Linear:
+        return self.gene_head[-1]
 
     def encode(self, batch: dict, image: torch.Tensor | None = None) -> torch.Tensor:
         """Spot representations ``(N, dim)`` of a slide (or crop)."""
@@ -232,10 +243,11 @@ def _dense(x):
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> Hist2ST:
     """Build Hist2ST (``size='paper'`` or ``'small'``; keyword arguments override the configuration,
-    e.g. ``zinb=0, bake=0`` to train with the MSE only). Introduced in ``notebooks/05_context_models.py``."""
-    if size not in CONFIGS:
-        raise ValueError(f"hist2st: size must be one of {sorted(CONFIGS)}, got {size!r}")
-    model = Hist2ST(n_genes, **{**CONFIGS[size], **kw})
-    if pretrained is not None:
-        model.load_state_dict(torch.load(pretrained, map_location="cpu"))
-    return model
+    e.g. ``zinb=0, bake=0`` to train with the MSE only, plus ``init_bias`` and ``max_spots``).
+    ``pretrained``: ``None``; ``'imagenet'`` (from scratch, with a warning: the original has no
+    pretrained part); or a path to a checkpoint of this model.
+
+    Introduced in ``notebooks/05_context_models.py``.
+    """
+    return build_configured(Hist2ST, name, n_genes, CONFIGS, size, pretrained, kw,
+                            extra=("init_bias", "max_spots"))

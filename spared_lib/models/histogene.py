@@ -11,9 +11,17 @@ Paper size follows the SpaRED adaptation of the original code: flattened
 128 position embeddings per axis. The patch embedding alone is 3·224²·1024 ≈ 154 M
 weights, most of the model.
 
-Slides of ~5,000 spots: attention uses :func:`torch.nn.functional.scaled_dot_product_attention`
-(memory-efficient kernels on GPU, no N × N matrix kept for backward), and the trainer
-cuts larger slides into spatially contiguous crops of at most :attr:`max_spots` spots.
+Like the original (maxpmx/HisToGene ``vis_model.py`` class ``HisToGene``, trained one slide
+per batch on ``ViT_HER2ST``; SpaRED's adaptation danielaruizl1/HisToGene_spared
+``main_histogene_spared.py`` uses ``DataLoader(batch_size=1)`` over slides), a batch is a
+whole slide: ``max_spots=None``. Attention uses
+:func:`torch.nn.functional.scaled_dot_product_attention` (memory-efficient kernels on GPU, no
+N × N matrix kept for backward); where a slide does not fit the device's memory
+(measured by the trainer: :mod:`spared_lib.training.memory`) the trainer cuts it into spatially contiguous crops and records
+that it did.
+
+The original has no pretrained part (the patch embedding is a linear layer trained from
+scratch), so ``pretrained='imagenet'`` trains from scratch, and says so once in a warning.
 
 Introduced in ``notebooks/05_context_models.py``.
 """
@@ -23,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SpotModel
+import warnings
+
+from .base import SpotModel, build_configured, check_init_bias
 
 CONFIGS = {
     "paper": dict(patch_px=224, dim=1024, depth=8, heads=16, dim_head=64, mlp_dim=2048, n_pos=128, dropout=0.1),
@@ -93,6 +103,17 @@ class TransformerBlock(nn.Module):
         return self.ff(x) + x
 
 
+_WARNED: set = set()
+
+
+def warn_no_imagenet(model: str, source: str) -> None:
+    """Say once per process that ``model`` has no ImageNet weights and trains from scratch."""
+    if model not in _WARNED:
+        _WARNED.add(model)
+        warnings.warn(f"{model}: the original has no ImageNet-pretrained part ({source}); pretrained='imagenet' "
+                      "trains it from scratch, as the original does", stacklevel=3)
+
+
 def grid_positions(batch: dict, n_pos: int) -> torch.Tensor:
     """``(N, 2)`` array (row, col) of the batch, checked against the embedding table size."""
     grid = batch["grid"].long()
@@ -108,20 +129,25 @@ class HisToGene(SpotModel):
 
     batching = "slide"
     optimizer = "adam"
-    max_spots = 1024
 
     def __init__(self, n_genes: int, *, patch_px: int, dim: int, depth: int, heads: int, dim_head: int,
-                 mlp_dim: int, n_pos: int, dropout: float, max_spots: int | None = None):
+                 mlp_dim: int, n_pos: int, dropout: float, max_spots: int | None = None,
+                 init_bias: str | None = "mean", pretrained=None):
         super().__init__()
+        if pretrained == "imagenet":
+            warn_no_imagenet("HisToGene", "maxpmx/HisToGene vis_model.py: a linear patch embedding")
         self.patch_px, self.n_pos = patch_px, n_pos
-        if max_spots is not None:
-            self.max_spots = max_spots
+        self.max_spots = max_spots
+        self.init_bias = check_init_bias(init_bias)
         self.patch_embedding = nn.Linear(3 * patch_px * patch_px, dim)
         self.x_embed = nn.Embedding(n_pos, dim)
         self.y_embed = nn.Embedding(n_pos, dim)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, dim_head, mlp_dim, dropout) for _ in range(depth)])
         self.gene_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_genes))
+
+    def output_layer(self) -> nn.Linear:
+        return self.gene_head[-1]
 
     def forward(self, batch: dict) -> torch.Tensor:
         img = batch["image"]
@@ -136,14 +162,11 @@ class HisToGene(SpotModel):
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> HisToGene:
-    """Build HisToGene (``size='paper'`` or ``'small'``; keyword arguments override the configuration).
+    """Build HisToGene (``size='paper'`` or ``'small'``; keyword arguments override the configuration,
+    plus ``init_bias`` and ``max_spots``). ``pretrained``: ``None``; ``'imagenet'`` (from scratch, with a
+    warning: the original has no pretrained part); or a path to a checkpoint of this model.
 
-    ``pretrained`` may be a path to a state dict saved from this class. Introduced in
-    ``notebooks/05_context_models.py``.
+    Introduced in ``notebooks/05_context_models.py``.
     """
-    if size not in CONFIGS:
-        raise ValueError(f"histogene: size must be one of {sorted(CONFIGS)}, got {size!r}")
-    model = HisToGene(n_genes, **{**CONFIGS[size], **kw})
-    if pretrained is not None:
-        model.load_state_dict(torch.load(pretrained, map_location="cpu"))
-    return model
+    return build_configured(HisToGene, name, n_genes, CONFIGS, size, pretrained, kw,
+                            extra=("init_bias", "max_spots"))

@@ -59,9 +59,10 @@ class SpotModule(pl.LightningModule):
     weight_decay
         Passed to the optimiser (0 like the originals' defaults, except AdamW's 1e-2).
     observed_only_loss
-        Train on observed entries only (the original's ``robust_loss``). Off by default: the
-        loss then covers every entry of the target, so median- and SpaCKLE-completed targets
-        train differently; metrics always use observed entries only.
+        Train on observed entries only: our option, not an original's (SpaRED's and SEPAL's
+        trainers use ``torch.nn.MSELoss`` over the whole target). Off by default: the loss then
+        covers every entry of the target, so median- and SpaCKLE-completed targets train
+        differently; metrics always use observed entries only.
     """
 
     def __init__(self, model, lr: float, tta: bool | None = None, weight_decay: float | None = None,
