@@ -165,12 +165,143 @@ def test_training_reduces_loss():
     assert hist["train_loss"].iloc[-10:].mean() < 0.5 * hist["train_loss"].iloc[:5].mean()
 
 
-def test_train_rejects_bad_input():
+def test_train_rejects_bad_input(tmp_path):
     adata, _ = toy_adata()
+    out = tmp_path / "never"
     with pytest.raises(KeyError, match="c_t_log1p"):
-        completion.train_spackle(adata, layer="c_t_log1p", steps=1, **TINY)
-    with pytest.raises(ValueError, match="train_input"):
-        completion.train_spackle(adata, steps=1, train_input="mean", **TINY)
+        completion.train_spackle(adata, layer="c_t_log1p", steps=1, out_dir=out, **TINY)
+    for bad, match in ((dict(train_input="mean"), "train_input"), (dict(loss="masked"), "loss"),
+                       (dict(inference="knn"), "inference"), (dict(steps=0), "steps")):
+        with pytest.raises(ValueError, match=match):
+            completion.train_spackle(adata, **{"steps": 1, "out_dir": out, **bad}, **TINY)
+    broken = adata.copy()
+    broken.layers["c_d_log1p"][3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        completion.train_spackle(broken, steps=1, out_dir=out, **TINY)
+    assert not out.exists()  # nothing written on bad input
+
+
+def test_default_schedule_is_the_papers_and_the_step_cap_applies(monkeypatch):
+    import inspect
+
+    from spared_lib import engine
+
+    sig = inspect.signature(completion.train_spackle).parameters
+    # issue 13 §5: the paper trains 10,000 steps of batch 256 at lr 1e-3 (best validation kept)
+    assert (sig["steps"].default, sig["batch_size"].default, sig["lr"].default) == (10_000, 256, 1e-3)
+    assert completion.SpaCKLE(32).config["d_model"] == 128  # the paper's, not the code's n_genes
+    monkeypatch.setenv(engine.MAX_STEPS_ENV, "3")
+    adata, _ = toy_adata()
+    model, hist = completion.train_spackle(adata, seed=0, **TINY)  # default steps, capped
+    assert model.meta["steps"] == 3 and hist["step"].tolist() == [1, 2, 3]
+    assert model.meta["best_step"] in (1, 2, 3) and hist["val_mse"].notna().any()
+
+
+def captured_inputs(adata, monkeypatch, **kw):
+    """Run one training step outside a Trainer and return what the model was fed."""
+    from spared_lib.completion import train as T
+
+    arrays = T.prepare_training(adata, centre=kw.pop("centre", False), seed=0)
+    torch.manual_seed(0)
+    model = completion.SpaCKLE(adata.n_vars, d_model=16, dim_feedforward=16)
+    task = T.SpaCKLETask(model, arrays, **kw)
+    seen = {}
+    forward = model.forward
+
+    def spy(x, pad=None):
+        seen["x"], seen["pad"] = x.detach().clone(), pad
+        out = forward(x, pad)
+        seen["out"] = out.detach().clone()
+        return out
+
+    monkeypatch.setattr(model, "forward", spy)
+    centres = torch.as_tensor(arrays.train_index[:200])
+    with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached here
+        loss = task.training_step(centres, 0)
+    idx = arrays.neighbours[centres.numpy()]
+    pad = idx < 0
+    e = np.where(pad[..., None], 0.0, arrays.x[np.maximum(idx, 0)])
+    obs = arrays.observed[np.maximum(idx, 0)] & ~pad[..., None]
+    return seen, e, obs, pad, float(loss)
+
+
+def test_train_input_median_shows_the_fill_and_zeroed_hides_it(monkeypatch):
+    adata, _ = toy_adata()
+    seen, e, obs, pad, _ = captured_inputs(adata, monkeypatch, train_input="median")
+    x = seen["x"].numpy()
+    missing = ~obs & ~pad[..., None]
+    np.testing.assert_array_equal(x[missing], e[missing])  # median-filled values, visible
+    shown = obs & (x != 0)
+    np.testing.assert_array_equal(x[shown], e[shown])
+    masked = (obs & (x == 0)).sum() / obs.sum()
+    assert 0.2 < masked < 0.6  # observed entries hidden with p = 0.3 / glob_exp_frac
+    assert (x[pad] == 0).all()
+    seen, e, obs, pad, _ = captured_inputs(adata, monkeypatch, train_input="zeroed")
+    assert (seen["x"].numpy()[~obs] == 0).all()  # missing entries zeroed, as at inference
+
+
+def test_loss_covers_all_or_only_observed_entries(monkeypatch):
+    adata, _ = toy_adata()
+    for loss in ("all", "observed"):
+        seen, e, obs, pad, got = captured_inputs(adata, monkeypatch, train_input="zeroed", loss=loss)
+        w = np.broadcast_to(~pad[..., None], obs.shape) if loss == "all" else obs
+        ref = ((seen["out"].numpy() - e) ** 2)[w].mean()
+        assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_observed_only_loss_never_reads_the_median_fill():
+    adata, _ = toy_adata()
+    other = adata.copy()
+    m = adata.layers["mask"]
+    other.layers["c_d_log1p"] = np.where(m, adata.layers["c_d_log1p"], 99.0).astype(np.float32)
+    kw = dict(steps=6, seed=1, val_every=3, train_input="zeroed", **TINY)
+    for loss, same in (("observed", True), ("all", False)):
+        a, _ = completion.train_spackle(adata, loss=loss, **kw)
+        b, _ = completion.train_spackle(other, loss=loss, **kw)
+        equal = all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+        assert equal is same
+
+
+def test_validation_mse_is_the_hidden_entries_of_the_validation_spots():
+    from spared_lib.completion import train as T
+    from spared_lib.completion.infer import gather_inputs
+
+    adata, _ = toy_adata()
+    for rule in ("zeroed", "median"):
+        model, hist = completion.train_spackle(adata, steps=4, val_every=4, seed=2, inference=rule, **TINY)
+        arrays = T.prepare_training(adata, inference=rule, seed=2)
+        assert arrays.val_hidden[arrays.train_index].sum() == 0 and arrays.val_hidden.sum() > 0
+        c = torch.as_tensor(arrays.val_index)
+        inp, pad = gather_inputs(torch.as_tensor(arrays.val_context), torch.as_tensor(arrays.val_own),
+                                 torch.as_tensor(arrays.neighbours), c)
+        with torch.no_grad():
+            pred = model(inp, pad)[:, 0].numpy()
+        r = arrays.val_hidden[arrays.val_index]
+        ref = np.mean(((pred - arrays.x[arrays.val_index]) ** 2)[r])
+        assert model.meta["best_val_mse"] == pytest.approx(ref, rel=1e-4)
+        assert hist["val_mse"].dropna().tolist() == pytest.approx([ref], rel=1e-4)
+
+
+def test_training_batches_cover_every_train_spot_once_per_epoch():
+    from spared_lib.completion.train import centre_loaders
+
+    train = np.arange(10, 40)
+    loader, val = centre_loaders(train, np.arange(40, 47), steps=9, batch_size=10, seed=0)
+    batches = torch.stack(list(loader)).numpy()
+    assert batches.shape == (9, 10)
+    for epoch in batches.reshape(3, 30):
+        np.testing.assert_array_equal(np.sort(epoch), train)
+    assert [b.tolist() for b in centre_loaders(train, np.arange(40, 47), steps=9, batch_size=10, seed=0,
+                                               eval_batch_size=3)[1]] == [[40, 41, 42], [43, 44, 45], [46]]
+    again = torch.stack(list(centre_loaders(train, train, steps=9, batch_size=10, seed=0)[0])).numpy()
+    np.testing.assert_array_equal(batches, again)
+
+
+def test_one_device_resolver():
+    from spared_lib import engine
+    from spared_lib.completion import infer
+
+    assert infer.resolve_device is engine.resolve_device  # issue 12 §2: no second copy
 
 
 # --- completion -------------------------------------------------------------------------------
@@ -281,3 +412,50 @@ def test_median_baseline_fills_hidden_with_neighbourhood_median():
     d = np.linalg.norm(adata.obsm["spatial"] - adata.obsm["spatial"][14], axis=1)
     ring = np.argsort(d, kind="stable")[1:7]
     assert got[14, 1] == np.median(np.r_[0.0, x[ring, 1]])
+
+
+def test_evaluation_is_quiet_and_counts_spots_without_a_patch_pcc():
+    import warnings
+
+    adata, _ = toy_adata(n_rows=6, n_cols=6, n_genes=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # chapter 3 showed nine of them from here
+        res = completion.evaluate_completion(adata, "median", mask_fraction=0.1, seed=0)
+    assert res["n_spots_excluded"] > 0  # spots with < 2 hidden entries have no PCC-Patch
+
+
+@pytest.mark.parametrize("method,rule", [("spackle", "zeroed"), ("spackle", "median"), ("median", None),
+                                         ("sme", None)])
+def test_completion_never_reads_the_hidden_values(method, rule):
+    """Every method and inference rule completes hidden entries from the visible ones only."""
+    from spared_lib.completion.evaluate import complete_masked
+
+    adata, _ = toy_adata(n_rows=8, n_cols=8, n_genes=8, slides=("A", "B"))
+    x, m = adata.layers["c_d_log1p"], adata.layers["mask"]
+    hidden = random_observed_mask(m, 0.4, seed=3)
+    model = None
+    if method == "spackle":
+        torch.manual_seed(0)
+        model = completion.SpaCKLE(8, d_model=16, dim_feedforward=16).eval()
+    x2 = np.where(hidden | ~m, 50.0, x).astype(np.float32)  # hidden and missing values changed
+    a = complete_masked(adata, method, x, m & ~hidden, model=model, inference=rule)
+    b = complete_masked(adata, method, x2, m & ~hidden, model=model, inference=rule)
+    np.testing.assert_allclose(a[hidden], b[hidden], rtol=1e-5, atol=1e-5)
+
+
+def test_inference_rules_build_the_inputs_they_name():
+    from spared_lib.completion.infer import model_inputs
+
+    adata, _ = toy_adata(n_rows=6, n_cols=6, n_genes=6, slides=("A",))
+    x, m = adata.layers["c_d_log1p"], adata.layers["mask"]
+    off = np.full(6, 1.5, np.float32)
+    ctx, own = model_inputs(adata, x, m, off, "zeroed")
+    assert ctx is own
+    np.testing.assert_allclose(own, np.where(m, x - off, 0), rtol=1e-6)
+    ctx, own = model_inputs(adata, x, m, off, "median")
+    np.testing.assert_allclose(own, np.where(m, x - off, 0), rtol=1e-6)
+    fill = completion.median_complete(adata, x, m)
+    np.testing.assert_allclose(ctx, fill - off, rtol=1e-6)
+    assert (ctx[~m] != -off[np.nonzero(~m)[1]]).any()  # the neighbours show a fill, not 0
+    with pytest.raises(ValueError, match="inference rule"):
+        model_inputs(adata, x, m, off, "mean")

@@ -5,12 +5,13 @@ Introduced in ``notebooks/03_spackle.py``.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
 from spared_lib.preprocessing import nearest_in_slide
 
-from .infer import layer_arrays, predict_centres
+from .infer import INFERENCE_RULES, layer_arrays, predict_centres
 
 METHODS = ("spackle", "median", "sme")
 
@@ -41,18 +42,30 @@ def eval_spots(adata, split: str | None = "auto") -> tuple[np.ndarray, str]:
 
 
 def complete_masked(adata, method: str, x: np.ndarray, visible: np.ndarray, *, model=None,
-                    morphology=None) -> np.ndarray:
+                    morphology=None, inference: str | None = None) -> np.ndarray:
     """Complete every non-visible entry of ``x`` with ``method``; returns an ``(n, G)`` array.
 
-    ``model`` is the trained SpaCKLE for ``'spackle'``; ``morphology`` the image features for
-    ``'sme'`` (None drops the morphology term).
+    ``model`` is the trained SpaCKLE for ``'spackle'``; ``inference`` its input rule
+    (:data:`spared_lib.completion.infer.INFERENCE_RULES`, default the one in ``model.meta``; the
+    ``'median'`` rule's fill is computed from the visible entries only, so no hidden value leaks
+    in); ``morphology`` the image features for ``'sme'`` (None drops the morphology term).
+
+    Introduced in ``notebooks/03_spackle.py``.
     """
     if method == "spackle":
         if model is None:
             raise ValueError("method 'spackle' needs a trained model (spared_lib.completion.train_spackle)")
         meta = getattr(model, "meta", {}) or {}
+        rule = inference or meta.get("inference", "zeroed")
+        if rule not in INFERENCE_RULES:
+            raise ValueError(f"inference must be one of {INFERENCE_RULES}, got {rule!r}")
+        context = None
+        if rule == "median":
+            from .baselines import median_complete
+
+            context = median_complete(adata, x, visible)
         nbr = nearest_in_slide(adata, meta.get("n_neighbors", 18), meta.get("radius", "auto"))
-        pred = predict_centres(model, x, visible, nbr)
+        pred = predict_centres(model, x, visible, nbr, context=context)
         return np.where(visible, x, pred)
     if method == "median":
         from .baselines import median_complete
@@ -77,6 +90,7 @@ def evaluate_completion(
     morphology: np.ndarray | None = None,
     train_kwargs: dict | None = None,
     return_completion: bool = False,
+    inference: str | None = None,
 ) -> dict:
     """Mask a fraction of the observed entries, complete them, and score the completion.
 
@@ -105,13 +119,16 @@ def evaluate_completion(
         Image features for SME (:func:`image_features`); None drops the morphology term.
     return_completion
         Also return the completed matrix (key ``'completed'``) and the hidden mask (``'hidden'``).
+    inference
+        SpaCKLE's input rule (default: the model's own, ``model.meta['inference']``).
 
     Returns
     -------
     dict
         ``MSE``, ``MAE``, ``PCC-Gene``, ``PCC-Patch``, ``R2-Gene``, ``R2-Patch``, ``Global`` plus
         ``method``, ``mask_fraction``, ``seed``, ``split``, ``n_scored`` (hidden entries scored)
-        and ``time_s`` (completion wall time).
+        and ``time_s`` (completion wall time); ``n_genes_excluded`` / ``n_spots_excluded`` count
+        the genes and spots with fewer than two hidden entries (no PCC/R² for them).
     """
     from spared_lib.metrics import compute_metrics
 
@@ -126,12 +143,18 @@ def evaluate_completion(
 
         model, _ = train_spackle(adata, layer=layer, seed=seed, **(train_kwargs or {}))
     t0 = time.perf_counter()
-    completed = complete_masked(adata, method, x, visible, model=model, morphology=morphology)
+    completed = complete_masked(adata, method, x, visible, model=model, morphology=morphology,
+                                inference=inference)
     elapsed = time.perf_counter() - t0
     scored = hidden[spots]
     if not scored.any():
         raise ValueError("no observed entry was hidden in the scored spots; raise mask_fraction")
-    out = dict(compute_metrics(x[spots], completed[spots], scored))
+    with warnings.catch_warnings():
+        # Only the hidden entries are scored, so a spot with fewer than two of them has no
+        # PCC-Patch: expected at every masking fraction, and counted in n_spots_excluded.
+        warnings.filterwarnings("ignore", message=r"compute_metrics: \d+ gene\(s\) and \d+ spot\(s\)",
+                                category=RuntimeWarning)
+        out = dict(compute_metrics(x[spots], completed[spots], scored))
     out.update(method=method, mask_fraction=float(mask_fraction), seed=int(seed), split=split_name,
                n_scored=int(scored.sum()), time_s=elapsed)
     if return_completion:

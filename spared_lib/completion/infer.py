@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from spared_lib.engine import resolve_device
 from spared_lib.preprocessing import nearest_in_slide
 
 from .model import SpaCKLE
 
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``'auto'`` picks CUDA when present (Colab), else the CPU; anything else goes to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+#: How a model's input is built from the entries it may see (``visible``):
+#: ``'zeroed'`` every non-visible entry of every token is 0 (the paper's inference);
+#: ``'median'`` the centre token's non-visible entries are 0 and the neighbours' carry the
+#: adaptive median fill computed from the visible entries (the input the original trained on).
+INFERENCE_RULES = ("zeroed", "median")
 
 
 def layer_arrays(adata, layer: str, mask_layer: str = "mask") -> tuple[np.ndarray, np.ndarray]:
@@ -34,18 +34,42 @@ def layer_arrays(adata, layer: str, mask_layer: str = "mask") -> tuple[np.ndarra
     return x, m
 
 
-def gather_neighbourhoods(x: torch.Tensor, observed: torch.Tensor, nbr: torch.Tensor, centres: torch.Tensor):
-    """Build ``E`` for a batch of centre spots.
+def model_inputs(adata, x: np.ndarray, visible: np.ndarray, offset: np.ndarray, rule: str = "zeroed",
+                 fill: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What each spot shows to the model as a neighbour (``context``) and as the centre (``own``).
 
-    Returns ``(E, obs, pad)``: ``E`` ``(B, T, G)`` expression (0 on padding), ``obs`` ``(B, T, G)``
-    bool observed-and-not-padding, ``pad`` ``(B, T)`` bool padding tokens.
+    Both are ``(n, G)`` float32 in the model's input space (expression minus ``offset``, hidden
+    entries 0). Under ``'zeroed'`` they are the same array; under ``'median'`` the context shows
+    the adaptive median fill at non-visible entries: ``fill`` when given (e.g. the layer's own
+    median fill), else :func:`spared_lib.completion.median_complete` of the visible entries.
+
+    Introduced in ``notebooks/03_spackle.py``.
+    """
+    if rule not in INFERENCE_RULES:
+        raise ValueError(f"inference rule must be one of {INFERENCE_RULES}, got {rule!r}")
+    x = np.asarray(x, dtype=np.float32)
+    visible = np.asarray(visible, dtype=bool)
+    own = np.where(visible, x - offset, 0.0).astype(np.float32)
+    if rule == "zeroed":
+        return own, own
+    if fill is None:
+        from .baselines import median_complete
+
+        fill = median_complete(adata, x, visible)
+    context = (np.where(visible, x, fill) - offset).astype(np.float32)
+    return context, own
+
+
+def gather_inputs(context: torch.Tensor, own: torch.Tensor, nbr: torch.Tensor, centres: torch.Tensor):
+    """The ``(B, T, G)`` model input of a batch of centre spots and its ``(B, T)`` padding mask.
+
+    Token 0 is the centre's ``own`` row, tokens 1.. the neighbours' ``context`` rows (0 on padding).
     """
     idx = nbr[centres]
     pad = idx < 0
-    safe = idx.clamp(min=0)
-    e = x[safe].masked_fill(pad[..., None], 0.0)
-    obs = observed[safe] & ~pad[..., None]
-    return e, obs, pad
+    e = context[idx.clamp(min=0)].masked_fill(pad[..., None], 0.0)
+    e[:, 0] = own[centres]
+    return e, pad
 
 
 @torch.no_grad()
@@ -57,38 +81,49 @@ def predict_centres(
     centres: np.ndarray | None = None,
     batch_size: int = 1024,
     device: str | torch.device = "auto",
+    *,
+    context: np.ndarray | None = None,
 ) -> np.ndarray:
-    """SpaCKLE's reconstruction of the centre spot, with every non-visible entry zeroed.
+    """SpaCKLE's reconstruction of the centre spots from the entries they may see.
 
     Parameters
     ----------
     model
         A trained :class:`SpaCKLE`.
     x, visible
-        ``(n, G)`` expression and bool mask of entries the model may see.
+        ``(n, G)`` expression and bool mask of entries the model may see; the centre's other
+        entries are 0 in its input.
     nbr
         ``(n, T)`` neighbour indices from :func:`spared_lib.preprocessing.nearest_in_slide` (-1 = padding).
     centres
         Spots to predict (all by default).
+    context
+        ``(n, G)`` values the neighbours show, in expression units (default: ``x`` where visible,
+        else 0 after centring: the ``'zeroed'`` rule). Pass a median-filled matrix for the
+        ``'median'`` rule.
 
     Returns
     -------
     numpy.ndarray
         ``(len(centres), G)`` float32 predictions for every gene of each centre spot.
+
+    Introduced in ``notebooks/03_spackle.py``.
     """
     dev = resolve_device(device)
     centres = np.arange(x.shape[0]) if centres is None else np.asarray(centres)
     offset = model.offset.detach().cpu().numpy()
-    xt = torch.as_tensor(np.where(visible, x - offset, 0.0).astype(np.float32), device=dev)
-    vt = torch.as_tensor(visible, device=dev)
+    own = np.where(visible, x - offset, 0.0).astype(np.float32)
+    ctx = own if context is None else (np.asarray(context, np.float32) - offset)
+    own_t = torch.as_tensor(own, device=dev)
+    ctx_t = own_t if context is None else torch.as_tensor(ctx, device=dev)
     nt = torch.as_tensor(nbr, device=dev)
     was_training = model.training
     model.eval().to(dev)
     out = np.empty((centres.size, x.shape[1]), dtype=np.float32)
-    for start in range(0, centres.size, batch_size):
-        c = torch.as_tensor(centres[start : start + batch_size], device=dev)
-        e, _, pad = gather_neighbourhoods(xt, vt, nt, c)
-        out[start : start + c.numel()] = model(e, pad)[:, 0].float().cpu().numpy()
+    for start in range(0, centres.size, batch_size):  # batches of spots, a handful per slide
+        c = torch.as_tensor(centres[start: start + batch_size], device=dev)
+        e, pad = gather_inputs(ctx_t, own_t, nt, c)
+        out[start: start + c.numel()] = model(e, pad)[:, 0].float().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -101,11 +136,14 @@ def complete(
     batch_size: int = 1024,
     device: str | torch.device = "auto",
     copy: bool = False,
+    inference: str | None = None,
 ):
     """Complete the missing entries of ``layer`` with SpaCKLE.
 
-    Missing entries (``mask`` False) are zeroed in the input, and only the centre spot's missing
-    entries are replaced; observed values are kept. Writes ``layers['c_t_log1p']``,
+    The centre spot's missing entries (``mask`` False) are zeroed in its input and replaced by
+    the model's output; observed values are kept. The neighbours' missing entries are zeroed too
+    (``inference='zeroed'``, the paper's rule) or show the layer's own median fill
+    (``'median'``). Writes ``layers['c_t_log1p']``,
     ``layers['c_t_deltas']`` (minus the train-split gene means) and
     ``var['c_t_log1p_avg_exp']``.
 
@@ -120,6 +158,8 @@ def complete(
         Input layer; defaults to the one the model was trained on (``c_d_log1p``).
     copy
         Return a completed copy instead of writing into ``adata``.
+    inference
+        :data:`INFERENCE_RULES`; default: the rule the model was validated with (``model.meta``).
 
     Returns
     -------
@@ -138,8 +178,13 @@ def complete(
     genes = meta.get("var_names")
     if genes is not None and list(genes) != list(map(str, adata.var_names)):
         raise ValueError("adata.var_names differ from the genes the SpaCKLE model was trained on")
+    rule = inference or meta.get("inference", "zeroed")
+    if rule not in INFERENCE_RULES:
+        raise ValueError(f"inference must be one of {INFERENCE_RULES}, got {rule!r}")
     nbr = nearest_in_slide(adata, meta.get("n_neighbors", 18), meta.get("radius", "auto"))
-    pred = predict_centres(model, x, m, nbr, batch_size=batch_size, device=device)
+    # the layer is median-completed: its missing entries already hold the median fill
+    pred = predict_centres(model, x, m, nbr, batch_size=batch_size, device=device,
+                           context=x if rule == "median" else None)
     completed = np.where(m, x, pred).astype(np.float32)
     out = adata.copy() if copy else adata
     out.layers["c_t_log1p"] = completed
