@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from spared_lib.benchmark import (COLUMNS, METRICS, Cell, ResultsStore, final_results, lr_grid,
+from spared_lib.benchmark import (COLUMNS, KEY_COLUMNS, Cell, ResultsStore, count_runs, final_results, lr_grid,
                                   parse_targets, run_benchmark, select_lr)
 from spared_lib.benchmark.__main__ import build_parser, kwargs_from_args
+from spared_lib.metrics import METRICS
 
-MODEL_OFFSET = {"shufflenet": 0.0, "stnet": 0.1, "vit_b": 0.2}
+MODEL_OFFSET = {"shufflenet": 0.0, "stnet": 0.1, "vit_b": 0.2, "vit_b_delta": 0.05, "sepal": 0.02}
 
 
 class FakeFit:
@@ -37,8 +39,18 @@ class FakeFit:
         val = (math.log10(lr) - math.log10(self.best_lr[target])) ** 2 + MODEL_OFFSET[model_name] + 0.5
         test = val + 0.01 * seed + adata["shift"]
         metrics = {m: test + i for i, m in enumerate(METRICS)}
+        ckpt = None
+        if out_dir is not None:  # like fit: the best checkpoint in out_dir
+            import torch
+
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            ckpt = str(Path(out_dir) / f"{model_name}-best-step={steps}.ckpt")
+            torch.save({"state_dict": {"w": torch.zeros(2)}, "optimizer_states": [{"m": torch.zeros(4)}]}, ckpt)
         return SimpleNamespace(metrics=metrics, best_val_mse=val, eval_split="test", n_params=1000 + steps,
-                               wall_time_s=0.1, device="cpu", checkpoint_path=None)
+                               wall_time_s=0.1, device="cpu", checkpoint_path=ckpt,
+                               extra={"peak_memory_gb": 0.5, "precision": "32-true", "batch_size": 256,
+                                      "micro_batch_size": 64, "accumulate_grad_batches": 4,
+                                      "pretrained": kw.get("pretrained")})
 
 
 DATA = {"toy": ({"name": "toy", "shift": 0.0}, None), "toy2": ({"name": "toy2", "shift": 1.0}, None)}
@@ -69,7 +81,8 @@ def test_parse_targets_and_cell_validation():
 def test_search_then_final_selects_lowest_validation_mse(tmp_path):
     fit = FakeFit()
     models = ["shufflenet", "stnet"]
-    table = run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=7, fit_fn=fit, progress=False)
+    table = run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=7, fit_fn=fit, progress=False,
+                          search_target=None)
     search = table[table.stage == "search"]
     final = table[table.stage == "final"]
     assert len(search) == 2 * 2 * 2 * 3 and len(final) == 2 * 2 * 2
@@ -119,11 +132,13 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path):
     n_cells = 2 * 3 * 2 * 3  # datasets x models x targets x lrs (finals reuse the search)
     first = FakeFit(interrupt_at=8)
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=5, fit_fn=first, progress=False)
+        run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=5, fit_fn=first, progress=False,
+                      search_target=None)
     assert len(ResultsStore(tmp_path / "results.csv")) == 7  # every run before the interrupt was saved
 
     second = FakeFit()
-    table = run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=5, fit_fn=second, progress=False)
+    table = run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=5, fit_fn=second, progress=False,
+                          search_target=None)
     cell = lambda c: (c["dataset"], c["model"], c["target_layer"], c["lr"])  # noqa: E731
     done_before = {cell(c) for c in first.calls[:7]}
     redone = {cell(c) for c in second.calls}
@@ -131,13 +146,14 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path):
     assert len(second.calls) == n_cells - 7
     # a third invocation has nothing left to do
     third = FakeFit()
-    again = run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=5, fit_fn=third, progress=False)
+    again = run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=5, fit_fn=third, progress=False,
+                          search_target=None)
     assert third.calls == []
     pd.testing.assert_frame_equal(again, table)
 
     # and the resumed table equals an uninterrupted run's
     clean = run_benchmark(DATA, models, "raw,completed", tmp_path / "clean", lrs=LRS, steps=5, fit_fn=FakeFit(),
-                          progress=False)
+                          progress=False, search_target=None)
     cols = ["dataset", "model", "target", "stage", "lr", "seed", "steps", *METRICS, "best_val_mse"]
     key = ["dataset", "model", "target", "stage", "lr"]
     pd.testing.assert_frame_equal(table[cols].sort_values(key).reset_index(drop=True),
@@ -240,3 +256,144 @@ def test_command_line_arguments():
     assert kw["lrs"] == [1e-4, 3e-4] and kw["backend"] == "sequential"
     with pytest.raises(SystemExit):
         kwargs_from_args(build_parser().parse_args(["--datasets", "x", "--models", "stnet", "--lr-grid", "1e-5"]))
+
+
+# --------------------------------------------------------------------------- the paper's protocol (issue 13)
+def test_default_protocol_searches_once_on_raw_with_imagenet_weights(tmp_path):
+    """Issue 13 §2 and §4: by default the backbones start from ImageNet, the learning rate is
+    searched once per dataset (and model) on raw data and reused for the completed target, and
+    the effective batch is split into micro-batches chosen from the device's memory."""
+    fit = FakeFit()
+    table = run_benchmark({"toy": DATA["toy"]}, ["shufflenet", "stnet"], "raw,completed", tmp_path, lrs=LRS,
+                          steps=5, fit_fn=fit, progress=False)
+    assert set(table[table.stage == "search"].target) == {"raw"}
+    final = table[table.stage == "final"]
+    assert set(final.lr) == {1e-4}  # raw's optimum, although completed's own would be 1e-3
+    assert len(fit.calls) == 2 * (3 + 1)  # per model: three search runs, one completed final
+    assert {c["pretrained"] for c in fit.calls} == {"imagenet"}
+    assert {c["micro_batch_size"] for c in fit.calls} == {"auto"}
+    assert set(table.pretrained) == {"imagenet"} and set(table.batching) == {"256 = 4 × 64"}
+    assert set(table.peak_memory_gb) == {0.5}
+
+
+def test_command_line_defaults_are_the_papers():
+    kw = kwargs_from_args(build_parser().parse_args(["--datasets", "her2st", "--models", "all"]))
+    assert kw["pretrained"] == "imagenet" and kw["search_target"] == "raw"
+    assert kw["micro_batch_size"] == "auto" and "prepare_fn" not in kw  # SpaCKLE at the library default
+    kw = kwargs_from_args(build_parser().parse_args(["--datasets", "x", "--models", "stnet", "--pretrained", "none",
+                                                     "--search-target", "each", "--micro-batch", "32",
+                                                     "--max-hours", "3.5"]))
+    assert kw["pretrained"] is None and kw["search_target"] is None and kw["micro_batch_size"] == 32
+    assert kw["max_hours"] == 3.5
+    with pytest.raises(SystemExit, match="unknown model.*resnet"):
+        kwargs_from_args(build_parser().parse_args(["--datasets", "x", "--models", "stnet,resnet"]))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--datasets", "x", "--models", "stnet", "--micro-batch", "0"])
+    from spared_lib.models import MODELS
+
+    assert kwargs_from_args(build_parser().parse_args(["--datasets", "x", "--models", "all"]))["models"] == list(MODELS)
+    assert "vit_b_delta (ViT-B+Δ)" in build_parser().format_help().replace("\n", " ").replace("  ", " ")
+
+
+def _sepal_calls(fit):
+    return [c for c in fit.calls if c["model"] == "sepal"]
+
+
+def test_sepal_refines_the_vit_b_delta_run_of_the_same_settings(tmp_path):
+    """Issue 13 §3: each SEPAL run gets, as stage 1, the checkpoint of the ViT-B+Δ run with the same
+    dataset, target, learning rate and seed; the table records which."""
+    fit = FakeFit()
+    table = run_benchmark({"toy": DATA["toy"]}, ["sepal", "vit_b_delta"], "raw,completed", tmp_path, lrs=LRS,
+                          steps=5, fit_fn=fit, progress=False)
+    vit = table[table.model == "vit_b_delta"].set_index(["target", "stage", "lr"])
+    for c in _sepal_calls(fit):
+        target = "raw" if c["target_layer"] == "c_d_log1p" else "completed"
+        ckpt = Path(c["pretrained"])
+        assert ckpt.is_file() and f"/vit_b_delta/{target}/" in ckpt.as_posix()
+        assert f"_lr{c['lr']:g}_seed{c['seed']}_steps{c['steps']}" in ckpt.as_posix()
+    # every SEPAL call came after the ViT-B+Δ run it refines
+    order = [(c["model"], c["lr"], c["target_layer"]) for c in fit.calls]
+    for i, c in enumerate(fit.calls):
+        if c["model"] == "sepal":
+            assert ("vit_b_delta", c["lr"], c["target_layer"]) in order[:i]
+    sepal = table[(table.model == "sepal") & table.reused_from.isna()]
+    assert sepal.stage1_run.notna().all() and sepal.stage1_checkpoint.notna().all()
+    row = sepal[sepal.stage == "search"].iloc[0]
+    assert row.stage1_run == f"toy/vit_b_delta/raw/search_lr{row.lr:g}_seed0_steps5"
+    assert (tmp_path / row.stage1_checkpoint).is_file()  # relative to the results folder
+    # ViT-B+Δ checkpoints are kept, weights only; SEPAL's own are deleted once scored
+    import torch
+
+    kept = torch.load(tmp_path / row.stage1_checkpoint, weights_only=False)
+    assert set(kept) == {"state_dict"}
+    assert table[table.model == "sepal"].checkpoint.isna().all()
+    assert not list((tmp_path / "checkpoints" / "toy" / "sepal").rglob("*.ckpt"))
+    assert vit.checkpoint.notna().all()
+    res = final_results(table).set_index(["model", "target"])
+    assert res.loc[("sepal", "completed"), "stage1_run"].startswith("toy/vit_b_delta/completed/")
+
+
+def test_sepal_trains_its_stage_1_when_the_grid_has_none(tmp_path):
+    fit = FakeFit()
+    table = run_benchmark({"toy": DATA["toy"]}, ["sepal"], "raw,completed", tmp_path, lrs=LRS, steps=5,
+                          fit_fn=fit, progress=False)
+    stage1 = table[table.stage == "stage1"]
+    assert set(stage1.model) == {"vit_b_delta"} and len(stage1) == 3 + 1  # 3 searched lrs + completed final
+    assert len(fit.calls) == len(table[table.reused_from.isna()])
+    assert {c["model"] for c in fit.calls[:3]} == {"vit_b_delta"}
+    # stage-1 runs are not results
+    assert set(final_results(table).model) == {"sepal"}
+    # a deleted stage-1 checkpoint is trained again on resume (SEPAL's rows stay done)
+    for f in (tmp_path / "checkpoints").rglob("*.ckpt"):
+        f.unlink()
+    again = FakeFit()
+    run_benchmark({"toy": DATA["toy"]}, ["sepal"], "raw,completed", tmp_path, lrs=LRS, steps=5, fit_fn=again,
+                  progress=False)
+    assert again.calls == []
+
+
+def test_count_runs_matches_what_the_runner_trains(tmp_path):
+    """Chapter 6's grid size comes from count_runs: it must equal the fits a real call makes."""
+    models = ["shufflenet", "stnet", "sepal"]
+    fit = FakeFit()
+    run_benchmark(DATA, models, "raw,completed", tmp_path, lrs=LRS, steps=5, seeds=(0, 1), fit_fn=fit,
+                  progress=False)
+    n = count_runs(models, ["raw", "completed"], n_lrs=3, n_seeds=2, n_datasets=2)
+    assert n.loc["total", "runs"] == len(fit.calls)
+    assert n.loc["shufflenet"].tolist() == [2 * 3, 2 * 3, 0, 2 * 6]  # search, final (3 of 4 trained), stage1
+    per_target = count_runs(["shufflenet"], ["raw", "completed"], n_lrs=5, search_target=None)
+    assert per_target.loc["total", "runs"] == 10  # both targets searched, finals reused
+
+
+def test_time_budget_stops_and_the_same_call_continues(tmp_path, capsys):
+    fit = FakeFit()
+    t = run_benchmark({"toy": DATA["toy"]}, ["shufflenet", "stnet"], "raw,completed", tmp_path, lrs=LRS, steps=5,
+                      fit_fn=fit, progress=False, max_hours=0)
+    assert len(fit.calls) == 0 and len(t) == 0
+    assert "run the same command" in capsys.readouterr().out
+    rest = FakeFit()
+    t = run_benchmark({"toy": DATA["toy"]}, ["shufflenet", "stnet"], "raw,completed", tmp_path, lrs=LRS, steps=5,
+                      fit_fn=rest, progress=False)
+    assert len(rest.calls) == 8 and (t.status == "ok").all()
+    with pytest.raises(ValueError, match="max_hours.*sequential"):
+        run_benchmark({"toy": DATA["toy"]}, ["shufflenet"], "raw", tmp_path / "r", fit_fn=FakeFit(), backend="ray",
+                      max_hours=1)
+
+
+def test_a_table_of_the_previous_version_is_read_and_extended(tmp_path):
+    old_columns = [*KEY_COLUMNS, "target_layer", "best_val_mse", *METRICS, "n_params", "wall_time_s", "device",
+                   "eval_split", "status", "error", "reused_from", "finished_at"]
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(old_columns) + "\n" + "toy,shufflenet,raw,search,0.0001,0,5,c_d_log1p,0.5,"
+                    + ",".join(["1"] * len(METRICS)) + ",100,1.0,cpu,test,ok,,,2026-01-01\n")
+    store = ResultsStore(path)
+    assert store.done_keys() == {("toy", "shufflenet", "raw", "search", 1e-4, 0, 5)}
+    store.append({**Cell("toy", "stnet", "raw", "search", 1e-4, 0, 5).as_dict(), "status": "ok", "MSE": 2.0})
+    back = ResultsStore(path).table()
+    assert list(back.columns) == COLUMNS and len(back) == 2 and back.MSE.tolist() == [1.0, 2.0]
+
+
+def test_unknown_model_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="unknown model.*resnet"):
+        run_benchmark(DATA, ["resnet"], "raw", tmp_path, fit_fn=FakeFit())
+    assert not (tmp_path / "results.csv").exists()

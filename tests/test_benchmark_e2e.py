@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spared_lib.benchmark import METRICS, ResultsStore, run_benchmark
-from spared_lib.benchmark.prepare import crop_slides, prepare_dataset
+from spared_lib.benchmark import ResultsStore, prepare_dataset, run_benchmark
+from spared_lib.data import crop_slides
+from spared_lib.metrics import METRICS
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +26,31 @@ def test_prepared_data_is_cached(tiny):
     assert isinstance(again_patches, np.memmap)
 
 
-def test_crop_keeps_the_central_block_of_each_slide(tiny):
-    _, adata, patches = tiny
-    small, small_patches = crop_slides(adata, 20, patches)
-    counts = small.obs["slide_id"].value_counts()
-    assert (counts == 20).all() and len(counts) == adata.obs["slide_id"].nunique()
-    # the kept spots are the nearest to the slide centre: none dropped is nearer than a kept one
-    for slide in counts.index:
-        xy = adata.obsm["spatial"][(adata.obs["slide_id"] == slide).values]
-        d = np.hypot(*(xy - xy.mean(0)).T)
-        kept = small.obsm["spatial"][(small.obs["slide_id"] == slide).values]
-        dk = np.hypot(*(kept - xy.mean(0)).T)
-        assert dk.max() <= np.sort(d)[19] + 1e-9
-    idx = np.flatnonzero(np.isin(adata.obs_names, small.obs_names))
-    assert np.array_equal(small_patches, np.asarray(patches)[idx])
-    with pytest.raises(ValueError, match="max_spots"):
-        crop_slides(adata, 0)
+def test_completed_targets_use_spackle_at_the_library_default(tiny, tmp_path, monkeypatch):
+    """Issue 13 §5: the benchmark's SpaCKLE runs as long as the library's default (the paper's
+    10,000 steps), unless asked otherwise; before, preparation passed its own 1,000."""
+    import spared_lib.completion as completion
+
+    seen = []
+
+    def fake_train(adata, **kw):
+        seen.append(kw)
+        return "model", None
+
+    def fake_complete(adata, model, **kw):
+        adata.layers["c_t_log1p"] = adata.layers["c_d_log1p"].copy()
+
+    monkeypatch.setattr(completion, "train_spackle", fake_train)
+    monkeypatch.setattr(completion, "complete", fake_complete)
+    import shutil
+
+    for name in ("a", "b"):  # the prepared raw data, completed on top (as a resumed benchmark does)
+        shutil.copytree(tiny[0] / "prepared", tmp_path / name / "prepared")
+    adata, _ = prepare_dataset("synthetic", targets=("raw", "completed"), out_dir=tmp_path / "a", progress=False)
+    assert "steps" not in seen[0] and "c_t_log1p" in adata.layers  # train_spackle's own default decides
+    prepare_dataset("synthetic", targets=("raw", "completed"), out_dir=tmp_path / "b", progress=False,
+                    spackle_steps=30)
+    assert seen[1]["steps"] == 30
 
 
 def test_real_fit_end_to_end_and_resume(tiny, tmp_path):
@@ -54,12 +64,12 @@ def test_real_fit_end_to_end_and_resume(tiny, tmp_path):
         calls.append(kw["lr"])
         return fit(*args, **kw)
 
-    kw = dict(targets="raw", lrs=[1e-4, 1e-3], steps=1, size="small", device="cpu", batch_size=8,
+    kw = dict(targets="raw", lrs=[1e-4, 1e-3], steps=1, size="small", pretrained=None, device="cpu", batch_size=8,
               fit_options={"val_every": 1, "progress": False, "verbose": False}, progress=False)
     table = run_benchmark({"synthetic": (adata, patches)}, ["shufflenet"], out=tmp_path, fit_fn=counting_fit, **kw)
     assert sorted(calls) == [1e-4, 1e-3]
     assert (table.status == "ok").all(), table.error.tolist()
-    assert np.isfinite(table[METRICS + ["best_val_mse"]].to_numpy(float)).all()
+    assert np.isfinite(table[[*METRICS, "best_val_mse"]].to_numpy(float)).all()
     assert set(table.eval_split) == {"test"} and set(table.device) == {"cpu"}
     final = table[table.stage == "final"].iloc[0]
     search = table[table.stage == "search"].set_index("lr")

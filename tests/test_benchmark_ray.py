@@ -10,7 +10,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray Tune is not installed (pip install 'ray[tune]')")
 pytest.importorskip("ray.tune")
 
-from spared_lib.benchmark import METRICS, run_benchmark  # noqa: E402
+from spared_lib.benchmark import run_benchmark  # noqa: E402
+from spared_lib.metrics import METRICS  # noqa: E402
 
 from test_benchmark import DATA, FakeFit  # noqa: E402
 

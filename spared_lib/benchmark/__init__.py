@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m spared_lib.benchmark --datasets synthetic --models shufflenet,stnet \
+    python -m spared_lib.benchmark --datasets her2st --models shufflenet,stnet \
         --targets raw,completed --out results/
 
 Nothing here imports torch at import time; training happens in
@@ -10,14 +10,17 @@ Nothing here imports torch at import time; training happens in
 
 Introduced in ``notebooks/06_benchmark.py``.
 """
-from .grid import TARGETS, Cell, lr_grid, parse_targets
-from .published import compare_with_published, load_published_results
+from .cells import Job, run_cell
+from .grid import KEY_COLUMNS, STAGE1_OF, STAGES, TARGETS, Cell, count_runs, lr_grid, parse_targets
+from .prepare import dataset_info, prepare_dataset
+from .published import CITATION, compare_with_published, load_published_results
 from .runner import final_results, run_benchmark, select_lr
-from .store import COLUMNS, METRICS, ResultsStore
+from .store import COLUMNS, ResultsStore
 from .summary import best_per_dataset, normalised_mse
 
 __all__ = [
-    "TARGETS", "Cell", "lr_grid", "parse_targets", "run_benchmark", "select_lr", "final_results",
-    "ResultsStore", "COLUMNS", "METRICS", "load_published_results", "compare_with_published",
-    "normalised_mse", "best_per_dataset",
+    "TARGETS", "STAGES", "STAGE1_OF", "KEY_COLUMNS", "Cell", "Job", "lr_grid", "parse_targets", "count_runs",
+    "run_benchmark", "run_cell", "select_lr", "final_results", "ResultsStore", "COLUMNS", "dataset_info",
+    "prepare_dataset", "CITATION", "load_published_results", "compare_with_published", "normalised_mse",
+    "best_per_dataset",
 ]

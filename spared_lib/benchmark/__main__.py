@@ -2,10 +2,15 @@
 
 Examples
 --------
-One GPU (or CPU), sequentially::
+One GPU (or CPU), sequentially, with the paper's protocol (ImageNet weights, one learning-rate
+search per dataset on raw data reused for the completed target, SEPAL on the trained ViT-B+Δ,
+SpaCKLE at the library's 10,000 steps, batch 256 in micro-batches that fit the GPU)::
 
     python -m spared_lib.benchmark --datasets 10xgenomic_human_brain --models all \
         --targets raw,completed --out results/
+
+On Colab, ``--out`` on Google Drive and ``--max-hours`` a little under the session's limit: the
+same command in the next session continues the grid.
 
 A Ray cluster, one GPU per trial::
 
@@ -25,11 +30,33 @@ import sys
 import time
 
 from .grid import TARGETS, lr_grid, parse_targets
-from .published import MODEL_LABELS
 
 
 def _csv(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def _model_names() -> dict:
+    from spared_lib.models import MODELS
+
+    return MODELS
+
+
+def _pretrained(value: str):
+    return None if value.strip().lower() in ("none", "random", "") else value
+
+
+def _micro_batch(value: str):
+    v = value.strip().lower()
+    if v in ("auto", "none"):
+        return None if v == "none" else "auto"
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--micro-batch must be 'auto', 'none' or a positive integer, got {value!r}")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--micro-batch must be >= 1, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,24 +67,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", required=True,
                    help="comma-separated dataset keys (SpaRED registry keys, 'synthetic', a fixture such as "
                         "'her2st', or a folder); 'all' = the 26 SpaRED datasets")
-    p.add_argument("--models", required=True, help=f"comma-separated model names or 'all' ({', '.join(MODEL_LABELS)})")
+    names = ", ".join(f"{k} ({e.display})" for k, e in _model_names().items())
+    p.add_argument("--models", required=True, help=f"comma-separated model names or 'all': {names}")
     p.add_argument("--targets", default="raw,completed", help=f"comma-separated, from {sorted(TARGETS)}")
     p.add_argument("--out", default="results", help="results folder (table: <out>/results.csv)")
     p.add_argument("--table", default="results.csv", help="table file name in --out (.csv or .parquet)")
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--lrs", help="explicit learning rates, comma-separated (e.g. 1e-4,3e-4)")
     grid.add_argument("--lr-grid", default="1e-5:1e-3:5", help="log grid LOW:HIGH:N (default 1e-5:1e-3:5)")
-    p.add_argument("--search-target", choices=sorted(TARGETS), default=None,
+    p.add_argument("--search-target", choices=[*sorted(TARGETS), "each"], default="raw",
                    help="search the learning rate on this target only and reuse it for the others "
-                        "(the paper's protocol); default: one search per target")
+                        "(default raw: the paper's protocol); 'each': one search per target")
     p.add_argument("--steps", type=int, default=1000, help="training steps of the final runs (paper: 1000)")
     p.add_argument("--search-steps", type=int, default=None, help="training steps of search runs (default --steps)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds of the final runs")
     p.add_argument("--size", choices=["paper", "small"], default="paper", help="model size (small: CPU tests)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="effective batch (default: fit's, the paper's 256)")
+    p.add_argument("--micro-batch", type=_micro_batch, default="auto",
+                   help="largest batch put through the model at once: 'auto' (default: chosen from the "
+                        "device's free memory; the effective batch stays --batch-size), 'none', or a number")
+    p.add_argument("--pretrained", type=_pretrained, default="imagenet",
+                   help="backbone weights: 'imagenet' (default, the paper's), 'none' (random initialisation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--spackle-steps", type=int, default=None,
-                   help="SpaCKLE training steps when preparing 'completed' targets (default: the library's)")
+                   help="SpaCKLE training steps when preparing 'completed' targets (default: the library's, "
+                        "the paper's 10,000)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every run's best checkpoint (default: only ViT-B+Δ's, which SEPAL refines)")
+    p.add_argument("--max-hours", type=float, default=None,
+                   help="stop starting runs after this many hours (e.g. a Colab session's limit); "
+                        "the same command continues the grid")
     p.add_argument("--ray", action="store_true", help="run cells as Ray Tune trials")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto', 'ray://host:10001'); "
                                                     "default: a local Ray instance")
@@ -75,10 +114,11 @@ def kwargs_from_args(args: argparse.Namespace) -> dict:
         datasets = list(DATASETS)
     else:
         datasets = _csv(args.datasets)
-    models = list(MODEL_LABELS) if args.models.strip() == "all" else _csv(args.models)
-    unknown = [m for m in models if m not in MODEL_LABELS]
+    known = _model_names()
+    models = list(known) if args.models.strip() == "all" else _csv(args.models)
+    unknown = [m for m in models if m not in known]
     if unknown:
-        raise SystemExit(f"--models: unknown model(s) {unknown}; choose from {', '.join(MODEL_LABELS)} or 'all'")
+        raise SystemExit(f"--models: unknown model(s) {unknown}; choose from {', '.join(known)} or 'all'")
     try:
         if args.lrs:
             lrs = [float(v) for v in _csv(args.lrs)]
@@ -91,7 +131,9 @@ def kwargs_from_args(args: argparse.Namespace) -> dict:
         raise SystemExit(f"bad argument: {err} (--lr-grid is LOW:HIGH:N, --lrs and --seeds comma-separated)")
     kw = dict(datasets=datasets, models=models, targets=targets, out=args.out, lrs=lrs, steps=args.steps,
               search_steps=args.search_steps, seeds=seeds, size=args.size, batch_size=args.batch_size,
-              device=args.device, search_target=args.search_target, table_name=args.table,
+              micro_batch_size=args.micro_batch, pretrained=args.pretrained, device=args.device,
+              search_target=None if args.search_target == "each" else args.search_target,
+              keep_checkpoints=args.keep_checkpoints, max_hours=args.max_hours, table_name=args.table,
               backend="ray" if args.ray else "sequential", ray_address=args.address,
               cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     if args.spackle_steps is not None:

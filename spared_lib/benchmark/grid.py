@@ -3,8 +3,10 @@
 A *cell* is one training run: one dataset, one model, one target layer, one
 learning rate, one seed, one number of steps, at one stage (``search``: a point of
 the learning-rate search, judged on validation MSE; ``final``: the run whose test
-(or validation) metrics are reported). Each cell becomes one row of the results
-table, and a cell that already has a finished row is never run again.
+(or validation) metrics are reported; ``stage1``: a ViT-B+Δ trained only because
+SEPAL needs it as its first stage and no other run of the grid provides it). Each
+cell becomes one row of the results table, and a cell that already has a finished
+row is never run again.
 
 Introduced in ``notebooks/06_benchmark.py``.
 """
@@ -19,8 +21,16 @@ import numpy as np
 #: median-completed and ComBat-corrected data, completed = SpaCKLE-completed data.
 TARGETS: dict[str, str] = {"raw": "c_d_log1p", "completed": "c_t_log1p"}
 
-#: The two stages of a (dataset, model, target) block.
-STAGES = ("search", "final")
+#: The stages of a (dataset, model, target) block (see the module docstring).
+STAGES = ("search", "final", "stage1")
+
+#: Columns of the results table that identify a cell (:attr:`Cell.key`, in this order).
+KEY_COLUMNS = ("dataset", "model", "target", "stage", "lr", "seed", "steps")
+
+#: Models that refine another model's trained run, and which model that is. SEPAL's first
+#: stage is a trained ViT-B+Δ (Mejia et al., ICCV-W 2023; SPEC §3): the benchmark reuses the
+#: ViT-B+Δ run of the same dataset, target, learning rate, seed and steps.
+STAGE1_OF = {"sepal": "vit_b_delta"}
 
 
 def lr_grid(low: float = 1e-5, high: float = 1e-3, n: int = 5) -> list[float]:
@@ -115,20 +125,78 @@ class Cell:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def stage1(self) -> "Cell | None":
+        """The run this cell's model refines (``None`` for models without a first stage): the
+        :data:`STAGE1_OF` model on the same dataset, target, learning rate, seed and steps, at stage
+        ``stage1`` (a run of another stage with the same settings serves as well, see the runner)."""
+        base = STAGE1_OF.get(self.model)
+        if base is None:
+            return None
+        return Cell(self.dataset, base, self.target, "stage1", self.lr, self.seed, self.steps)
+
 
 def search_cells(dataset: str, models: Sequence[str], targets: Sequence[str], lrs: Sequence[float],
-                 seed: int, steps: int, search_target: str | None = None) -> list[Cell]:
+                 seed: int, steps: int, search_target: str | None = "raw") -> list[Cell]:
     """The learning-rate search cells of one dataset.
 
-    With ``search_target=None`` each (model, target) block gets its own search; with
-    ``search_target='raw'`` (the paper: "we search for the optimal learning rate in
-    every dataset, and then, with this value fixed, we explore two training
-    scenarios") the search runs on that target only and its learning rate is reused.
+    With ``search_target='raw'`` (the default and the paper's protocol: "we search for the
+    optimal learning rate in every dataset, and then, with this value fixed, we explore two
+    training scenarios") the search runs on that target only and its learning rate is reused
+    for the other; with ``search_target=None`` each (model, target) block gets its own search.
     """
     searched = targets if search_target is None else [search_target]
     return [Cell(dataset, m, t, "search", lr, seed, steps) for m in models for t in searched for lr in lrs]
 
 
-def key_columns() -> list[str]:
-    """Columns of the results table that identify a cell."""
-    return ["dataset", "model", "target", "stage", "lr", "seed", "steps"]
+def count_runs(models: Sequence[str], targets: Sequence[str] = ("raw", "completed"), n_lrs: int = 5,
+               n_seeds: int = 1, n_datasets: int = 1, search_target: str | None = "raw",
+               same_steps: bool = True) -> "pd.DataFrame":
+    """How many training runs a benchmark grid costs, per model (before any run is made).
+
+    The count follows :func:`spared_lib.benchmark.run_benchmark`'s rules: the search trains
+    ``n_lrs`` runs per searched target; a final run whose settings equal a search run (first
+    seed, same steps) reuses it instead of training; SEPAL adds the ViT-B+Δ first stages that
+    the grid's own ViT-B+Δ runs do not provide (an upper bound: a ViT-B+Δ final run is shared
+    only when both models pick the same learning rate, which is known only after the search).
+
+    Parameters
+    ----------
+    models, targets
+        As for ``run_benchmark``.
+    n_lrs, n_seeds, n_datasets
+        Points of the learning-rate grid, seeds of the final runs, datasets.
+    search_target
+        ``'raw'`` (the paper's protocol), ``'completed'``, or ``None`` (a search per target).
+    same_steps
+        Search and final runs train the same number of steps (then finals can reuse searches).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model: ``search``, ``final`` (trained, not reused), ``stage1`` and ``runs``
+        (their sum), all for ``n_datasets`` datasets; a last row ``total``.
+
+    Defined in ``notebooks/06_benchmark.py``.
+    """
+    import pandas as pd
+
+    targets = parse_targets(targets)
+    searched = list(targets) if search_target is None else [search_target]
+    models = list(dict.fromkeys(models))
+    rows = {}
+    for m in models:
+        search = n_lrs * len(searched)
+        # per target: one final per seed; the first seed's is reused where that target was searched
+        final = sum(n_seeds - (1 if (same_steps and t in searched) else 0) for t in targets)
+        stage1 = 0
+        if STAGE1_OF.get(m) is not None:
+            # each search run needs the base model's run at its lr: the grid's own search of the
+            # base model provides them; each trained final needs one at the chosen lr, shared with
+            # the base model's final only if both chose the same lr (so: counted)
+            stage1 = (0 if STAGE1_OF[m] in models else search) + final
+        rows[m] = {"search": search, "final": final, "stage1": stage1}
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=["search", "final", "stage1"]) * int(n_datasets)
+    out["runs"] = out.sum(axis=1)
+    out.loc["total"] = out.sum()
+    return out
+

@@ -15,18 +15,20 @@ from typing import Sequence
 
 import numpy as np
 
-_FIXTURES = ("her2st", "visium_mouse_cytassist", "visium_human_heart_subset")
-
 
 def dataset_info(name: str, cache: Path, seed: int = 0, synthetic_kwargs: dict | None = None):
-    """Resolve a benchmark dataset name: ``synthetic``, a fixture, a registry key or a folder."""
+    """Resolve a benchmark dataset name: ``synthetic``, a fixture of :data:`spared_lib.data.FIXTURES`,
+    a registry key or a folder (the last two go to :func:`spared_lib.data.load_dataset` as they are).
+
+    Defined in ``notebooks/06_benchmark.py``.
+    """
     from spared_lib import data
 
     if name == "synthetic":
         kw = {"n_slides": 3, "n_spots": 600, "n_genes": 400, "n_prediction_genes": 32, "seed": seed,
               **(synthetic_kwargs or {})}
         return data.make_synthetic_dataset(cache / "raw", overwrite=True, **kw)
-    if name in _FIXTURES:
+    if name in data.FIXTURES:
         return data.fixture_dataset(name)
     return name  # a registry key or a folder with dataset.json: load_dataset says what is wrong
 
@@ -36,7 +38,7 @@ def _folder_name(name: str) -> str:
 
 
 def prepare_dataset(name: str, targets: Sequence[str] = ("raw", "completed"), out_dir="results", seed: int = 0,
-                    *, spackle_steps: int = 1000, device: str = "auto", synthetic_kwargs: dict | None = None,
+                    *, spackle_steps: int | None = None, device: str = "auto", synthetic_kwargs: dict | None = None,
                     progress: bool = True):
     """Load, preprocess, complete with SpaCKLE (when ``completed`` is a target) and cut patches.
 
@@ -52,7 +54,8 @@ def prepare_dataset(name: str, targets: Sequence[str] = ("raw", "completed"), ou
     seed
         Seed of SpaCKLE's training (and of the synthetic data).
     spackle_steps
-        SpaCKLE training steps (library default 1,000; the paper 10,000).
+        SpaCKLE training steps; ``None`` (default) uses :func:`spared_lib.completion.train_spackle`'s
+        default, the paper's 10,000 steps with the best validation checkpoint.
 
     Returns
     -------
@@ -89,48 +92,10 @@ def prepare_dataset(name: str, targets: Sequence[str] = ("raw", "completed"), ou
     return adata, np.load(npy, mmap_mode="r")
 
 
-def _complete(adata, cache: Path, seed: int, steps: int, device: str, progress: bool) -> None:
+def _complete(adata, cache: Path, seed: int, steps: int | None, device: str, progress: bool) -> None:
     from spared_lib.completion import complete, train_spackle
 
-    model, _ = train_spackle(adata, steps=steps, seed=seed, device=device, out_dir=cache, progress=progress)
+    kw = {} if steps is None else {"steps": int(steps)}
+    model, _ = train_spackle(adata, seed=seed, device=device, out_dir=cache, progress=progress, **kw)
     complete(adata, model, device=device)
 
-
-def crop_slides(adata, max_spots: int, patches=None):
-    """Keep, on each slide, the ``max_spots`` spots nearest the slide's centre.
-
-    A contiguous crop (not a random subsample) keeps spatial neighbourhoods intact,
-    which the context models (SEPAL, EGGN, Hist2ST, HisToGene) and SpaCKLE rely on.
-    Used by the chapter's fast mode to make real slides small.
-
-    Parameters
-    ----------
-    adata
-        AnnData with ``obs['slide_id']`` and ``obsm['spatial']``.
-    max_spots
-        Spots kept per slide (a slide with fewer keeps all).
-    patches
-        Optional array aligned with ``adata.obs``; cropped the same way.
-
-    Returns
-    -------
-    AnnData, or (AnnData, patches) when ``patches`` is given.
-
-    Defined in ``notebooks/06_benchmark.py``.
-    """
-    import pandas as pd
-
-    if max_spots < 1:
-        raise ValueError(f"crop_slides: max_spots must be >= 1, got {max_spots}")
-    if "slide_id" not in adata.obs or "spatial" not in adata.obsm:
-        raise KeyError("crop_slides: needs adata.obs['slide_id'] and adata.obsm['spatial']")
-    xy = pd.DataFrame(np.asarray(adata.obsm["spatial"], dtype=float), columns=["x", "y"])
-    slide = pd.Series(np.asarray(adata.obs["slide_id"]), name="slide")
-    centre = xy.groupby(slide.values).transform("mean")
-    dist = pd.Series(np.hypot(xy["x"] - centre["x"], xy["y"] - centre["y"]).values)
-    rank = dist.groupby(slide.values).rank(method="first")
-    keep = np.flatnonzero(rank.values <= max_spots)
-    out = adata[keep].copy()
-    if patches is None:
-        return out
-    return out, np.asarray(patches[keep])

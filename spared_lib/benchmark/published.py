@@ -17,13 +17,6 @@ from importlib import resources
 
 import pandas as pd
 
-#: How the paper and its figures spell the models.
-MODEL_LABELS = {
-    "shufflenet": "ShuffleNet", "vit_b": "ViT-B", "vit_b_delta": "ViT-B+Δ", "stnet": "ST-Net",
-    "histogene": "HisToGene", "hist2st": "Hist2ST", "egn": "EGN", "eggn": "EGGN", "bleep": "BLEEP",
-    "sepal": "SEPAL",
-}
-
 CITATION = ("Mejia G. et al., Enhancing Gene Expression Prediction from Histology Images with Spatial "
             "Transcriptomics Completion, MICCAI 2024 (arXiv:2407.13027); numbers from the authors' "
             "project page, github.com/BCV-Uniandes/SpaRED")

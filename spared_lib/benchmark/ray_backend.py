@@ -4,7 +4,7 @@ Every pending cell of a stage (all learning rates of the search, for all models 
 targets of one dataset; then all final runs) becomes one Tune trial of a grid
 search, with ``{"cpu": cpus_per_trial, "gpu": gpus_per_trial}`` resources, so Ray
 packs as many trials as the cluster has GPUs and queues the rest. The trial calls
-the same :func:`spared_lib.benchmark.runner.run_cell` as the sequential path and
+the same :func:`spared_lib.benchmark.cells.run_cell` as the sequential path and
 reports its row; a Tune callback in the driver appends each row to the results
 table the moment the trial ends, so an interrupted Ray run resumes like a
 sequential one.
@@ -22,14 +22,8 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .grid import Cell
+from .cells import Job, failed_row, run_cell
 from .store import COLUMNS
-
-
-def failed_row(cell, err, wall_time_s):
-    from .runner import failed_row as _failed
-
-    return _failed(cell, err, wall_time_s)
 
 
 def _import_ray():
@@ -46,10 +40,8 @@ def _trial(config: dict, adata=None, patches=None, fit_fn=None, fit_kwargs=None,
     """One Tune trial: train one cell and report its table row."""
     from ray import tune
 
-    from .runner import run_cell
-
-    cell = Cell(**config["cell"])
-    row = run_cell(cell, adata, patches, fit_fn, fit_kwargs or {}, None if out_dir is None else Path(out_dir))
+    job = Job.from_dict(config["job"])
+    row = run_cell(job, adata, patches, fit_fn, fit_kwargs or {}, None if out_dir is None else Path(out_dir))
     row.setdefault("best_val_mse", float("nan"))  # Tune requires the search metric in every result
     tune.report(row)
 
@@ -101,7 +93,9 @@ class RayExecutor:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         return {"cpu": self.cpus_per_trial, "gpu": gpus}
 
-    def run(self, cells: Sequence[Cell], adata, patches, fit_fn, fit_kwargs, out_dir, on_row, progress=True):
+    def run(self, jobs: Sequence[Job], adata, patches, fit_fn, fit_kwargs, out_dir, on_row, progress=True,
+            should_stop=None):
+        """Run ``jobs`` as one Tune grid search (``should_stop``, a time budget, is not supported)."""
         ray, tune = _import_ray()
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=progress)
@@ -112,10 +106,10 @@ class RayExecutor:
         self._stage += 1
         tuner = tune.Tuner(
             trainable,
-            param_space={"cell": tune.grid_search([c.as_dict() for c in cells])},
+            param_space={"job": tune.grid_search([j.as_dict() for j in jobs])},
             tune_config=tune.TuneConfig(metric="best_val_mse", mode="min", reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-            run_config=tune.RunConfig(name=f"{cells[0].dataset}_{cells[0].stage}_{os.getpid()}_{self._stage}",
+            run_config=tune.RunConfig(name=f"{jobs[0].cell.dataset}_{jobs[0].cell.stage}_{os.getpid()}_{self._stage}",
                                       storage_path=str(self.storage), callbacks=[_row_writer(on_row)],
                                       verbose=1 if progress else 0),
         )
@@ -124,5 +118,5 @@ class RayExecutor:
         # record it as failed so the table says why; the next invocation retries it
         for result in grid:
             if result.error is not None:
-                cell = Cell(**result.config["cell"])
-                on_row({**failed_row(cell, result.error, float("nan")), "device": "ray"})
+                job = Job.from_dict(result.config["job"])
+                on_row({**failed_row(job.cell, result.error, float("nan")), "device": "ray"})

@@ -18,18 +18,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .grid import Cell, key_columns, round_lr
+from spared_lib.metrics import METRICS
 
-#: Keys of :func:`spared_lib.metrics.compute_metrics`, in the order the table shows them.
-METRICS = ["MSE", "MAE", "PCC-Gene", "PCC-Patch", "R2-Gene", "R2-Patch", "Global"]
+from .grid import KEY_COLUMNS, Cell, round_lr
 
-#: Every column of the table, in order.
-COLUMNS = key_columns() + [
-    "target_layer", "best_val_mse", *METRICS, "n_params", "wall_time_s", "device",
-    "eval_split", "status", "error", "reused_from", "finished_at",
-]
+#: Every column of the table, in order: the cell's key (:data:`KEY_COLUMNS`), the metrics of
+#: :func:`spared_lib.metrics.compute_metrics` (:data:`spared_lib.metrics.METRICS`), then what the
+#: run was (size, time, peak memory, device and precision, how it batched, its weights, the
+#: stage-1 run SEPAL refined, the kept checkpoint) and how it ended.
+COLUMNS = [*KEY_COLUMNS,
+           "target_layer", "best_val_mse", *METRICS, "n_params", "wall_time_s", "peak_memory_gb", "device",
+           "precision", "batching", "pretrained", "stage1_run", "stage1_checkpoint", "checkpoint",
+           "eval_split", "status", "error", "reused_from", "finished_at"]
 
 _DTYPES = {"lr": float, "seed": int, "steps": int}
+
+#: Columns holding text (or nothing): object dtype with None for missing, whether the rows come
+#: from memory or from a file (where an all-empty column would read back as float NaN).
+_TEXT = ["dataset", "model", "target", "stage", "target_layer", "device", "precision", "batching", "pretrained",
+         "stage1_run", "stage1_checkpoint", "checkpoint", "eval_split", "status", "error", "reused_from",
+         "finished_at"]
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    df = df[COLUMNS].astype(_DTYPES)
+    for c in _TEXT:
+        col = df[c].astype(object)
+        df[c] = col.where(col.notna(), None)
+    df["lr"] = df["lr"].map(round_lr)
+    for c in COLUMNS:
+        if c not in _TEXT and df[c].dtype == object:
+            df[c] = pd.to_numeric(df[c])
+    return df
 
 
 class ResultsStore:
@@ -55,6 +75,12 @@ class ResultsStore:
         if self.format == "csv" and self.path.exists():
             self._repair_csv()
         self._rows = self._read()
+        if self.format == "csv" and self.path.exists() and self._header() != COLUMNS:
+            self._rewrite()  # a table of an older version: same rows, today's columns
+
+    def _header(self) -> list[str]:
+        with open(self.path, encoding="utf-8") as fh:
+            return next(csv.reader(fh), [])
 
     # -- reading ---------------------------------------------------------------------------
     def _repair_csv(self) -> None:
@@ -73,30 +99,28 @@ class ResultsStore:
             df = pd.read_csv(self.path) if self.format == "csv" else pd.read_parquet(self.path)
         except Exception as err:  # say which file is broken instead of a parser traceback
             raise ValueError(f"ResultsStore: cannot read the results table {self.path}: {err}") from err
-        missing = [c for c in key_columns() + ["status"] if c not in df.columns]
+        missing = [c for c in [*KEY_COLUMNS, "status"] if c not in df.columns]
         if missing:
             raise ValueError(f"ResultsStore: {self.path} is not a benchmark results table "
                              f"(missing columns {missing})")
         for c in COLUMNS:
             if c not in df.columns:
                 df[c] = np.nan
-        df = df[COLUMNS].astype(_DTYPES)
-        df["lr"] = df["lr"].map(round_lr)
-        return df
+        return _normalise(df)
 
     def table(self, latest: bool = True) -> pd.DataFrame:
         """All rows; with ``latest`` only the last row of each cell (a retried failure
         is replaced by its retry)."""
         df = self._rows
         if latest and len(df):
-            df = df.drop_duplicates(key_columns(), keep="last")
+            df = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
         return df.reset_index(drop=True).copy()
 
     def done_keys(self) -> set[tuple]:
         """Keys (:attr:`Cell.key`) of the cells whose latest row finished successfully."""
         df = self.table()
         df = df[df["status"] == "ok"]
-        return set(map(tuple, df[key_columns()].itertuples(index=False, name=None)))
+        return set(map(tuple, df[list(KEY_COLUMNS)].itertuples(index=False, name=None)))
 
     def is_done(self, cell: Cell) -> bool:
         return cell.key in self.done_keys()
@@ -110,19 +134,26 @@ class ResultsStore:
         unknown = sorted(set(row) - set(COLUMNS))
         if unknown:
             raise ValueError(f"ResultsStore.append: unknown column(s) {unknown}; known: {COLUMNS}")
-        missing = [c for c in key_columns() + ["status"] if c not in row]
+        missing = [c for c in [*KEY_COLUMNS, "status"] if c not in row]
         if missing:
             raise ValueError(f"ResultsStore.append: row lacks {missing}")
         full = {c: row.get(c, np.nan) for c in COLUMNS}
         full["lr"] = round_lr(full["lr"])
-        new = pd.DataFrame([full], columns=COLUMNS).astype(_DTYPES)
+        new = _normalise(pd.DataFrame([full], columns=COLUMNS))
         if self.format == "csv":
             self._append_csv(full)
         self._rows = new if len(self._rows) == 0 else pd.concat([self._rows, new], ignore_index=True)
         if self.format == "parquet":
-            tmp = self.path.with_suffix(".parquet.tmp")
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Write every row through a temporary file and ``os.replace`` (never half a table)."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if self.format == "parquet":
             self._rows.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path)
+        else:
+            self._rows.to_csv(tmp, index=False)
+        os.replace(tmp, self.path)
 
     def _append_csv(self, full: dict) -> None:
         buf = io.StringIO()

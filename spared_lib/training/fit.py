@@ -28,6 +28,7 @@ from spared_lib.models.base import FitContext, SpotModel
 
 from .data import (Targets, check_patches, first_ring, make_loader, normalise, read_targets,
                    spot_meta)
+from .memory import PeakMemory, plan_micro_batch, plan_slide_spots
 from .module import SpotModule, predict_batch
 
 
@@ -212,7 +213,16 @@ class FitOptions:
     micro_batch_size
         Largest batch put through the model at once; when smaller than ``batch_size`` the step
         accumulates gradients over ``batch_size / micro_batch_size`` micro-batches, so the
-        effective batch stays ``batch_size``. ``None``: no accumulation.
+        effective batch stays ``batch_size``. ``'auto'`` (default): the largest that fits the
+        device's free memory, measured on the model before training
+        (:func:`spared_lib.training.memory.plan_micro_batch`). ``None``: no accumulation.
+    slide_spots
+        Slide models (``batching='slide'``: HisToGene, Hist2ST) train on one slide per step, as
+        their authors did. ``'auto'`` (default): whole slides where they fit the device's free
+        memory, else the largest contiguous crops that do
+        (:func:`spared_lib.training.memory.plan_slide_spots`); a number: crops of at most that
+        many spots; ``None``: the model's own ``max_spots``. ``FitResult.extra['slide_input']``
+        says which was used.
     seed
         Seeds model initialisation, shuffling and augmentation; CPU runs repeat exactly.
     pretrained
@@ -239,7 +249,8 @@ class FitOptions:
     out_dir
         Where the best checkpoint goes (a temporary folder when ``None``).
     num_workers, eval_batch_size
-        Loader processes (default: none on CPU) and the evaluation batch (default ``batch_size``).
+        Loader processes (default: none on CPU) and the evaluation batch (default ``batch_size``,
+        or four micro-batches when the step accumulates: evaluation keeps no activations).
     progress, verbose
         Progress bar; one line saying what is trained.
     """
@@ -247,7 +258,8 @@ class FitOptions:
     steps: int = 1000
     lr: float | None = None
     batch_size: int = 256
-    micro_batch_size: int | None = None
+    micro_batch_size: int | str | None = "auto"
+    slide_spots: int | str | None = "auto"
     seed: int = 0
     pretrained: Any = "imagenet"
     size: str = "paper"
@@ -313,6 +325,68 @@ def _attach_targets(model: SpotModel, targets: Targets, target_layer: str) -> No
     model.target_layer = target_layer
 
 
+def _probe_batches(model, patches, targets: Targets, meta: dict, rows: np.ndarray, neighbors, device: str):
+    """``make_batch(n)``: a model-input batch of ``n`` spots of ``rows`` on ``device`` (for slide
+    models the ``n`` spots nearest the centre of ``rows``, a contiguous disc), built by the training
+    loaders' datasets."""
+    from torch.utils.data import default_collate
+
+    from .data import SlideDataset, SpotDataset, to_model_input
+
+    xy = meta["xy"][rows]
+    by_centre = rows[np.argsort(np.hypot(*(xy - xy.mean(0)).T), kind="stable")]
+
+    def make_batch(n: int) -> dict:
+        if model.batching == "slide":
+            crop = by_centre[:n]
+            item = SlideDataset(patches, targets, meta, crop, neighbors, max_spots=len(crop))[0]
+        else:
+            ds = SpotDataset(patches, targets, meta, rows[:n])
+            item = default_collate([ds[i] for i in range(len(ds))])
+        return to_model_input({k: v.to(device) for k, v in item.items()}, augment=False)
+
+    return make_batch
+
+
+def _plan_memory(model, opt: FitOptions, dev: str, patches, targets, meta, idx, neighbors):
+    """``(micro-batch, micro-batches per step, what to record)``; sets a slide model's ``max_spots``.
+
+    Spot models: :func:`~spared_lib.training.memory.plan_micro_batch` for ``'auto'``. Slide models:
+    :func:`~spared_lib.training.memory.plan_slide_spots` for ``slide_spots='auto'`` (whole slides
+    where they fit)."""
+    train = idx["train"]
+    if model.batching == "spot":
+        micro = opt.micro_batch_size
+        info = {}
+        if micro == "auto":
+            plan = plan_micro_batch(model, _probe_batches(model, patches, targets, meta, train, neighbors, dev),
+                                    opt.batch_size, dev)
+            micro, info = plan.size, {"memory_plan": plan.as_dict()}
+        elif micro is not None and not isinstance(micro, (int, np.integer)):
+            raise ValueError(f"micro_batch_size must be 'auto', None or a positive integer, got {micro!r}")
+        micro, accumulate = accumulation(opt.batch_size, micro)
+        return micro, accumulate, info
+    # slide models: one slide (or crop) per step; the largest slide of any split bounds the crop
+    slide = meta["slide"]
+    largest = int(np.bincount(slide).max())
+    info = {}
+    if opt.slide_spots == "auto":
+        biggest = np.bincount(slide[train]).argmax()
+        rows = train[slide[train] == biggest]
+        plan = plan_slide_spots(model, _probe_batches(model, patches, targets, meta, rows, neighbors, dev),
+                                largest, dev)
+        model.max_spots = plan.size
+        info["memory_plan"] = plan.as_dict()
+    elif opt.slide_spots is not None:
+        if int(opt.slide_spots) != opt.slide_spots or opt.slide_spots < 1:
+            raise ValueError(f"slide_spots must be 'auto', None or a positive integer, got {opt.slide_spots!r}")
+        model.max_spots = int(opt.slide_spots)
+    n = int(model.max_spots)
+    info["slide_input"] = (f"whole slides (up to {largest} spots)" if n >= largest
+                           else f"crops of at most {n} spots (largest slide {largest})")
+    return opt.batch_size, 1, info
+
+
 def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions | None = None, *,
         patches=None, **overrides) -> FitResult:
     """Train a model on one preprocessed dataset and score its best checkpoint.
@@ -364,14 +438,14 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
                              train_index=idx["train"], neighbors=neighbors, device=torch.device(dev),
                              encode=make_encoder(adata, patches, dev)))
 
-    micro, accumulate = (accumulation(opt.batch_size, opt.micro_batch_size) if model.batching == "spot"
-                         else (opt.batch_size, 1))
+    micro, accumulate, memory = _plan_memory(model, opt, dev, patches, targets, meta, idx, neighbors)
+    eval_batch = opt.eval_batch_size or (opt.batch_size if accumulate == 1 else min(opt.batch_size, 4 * micro))
     workers = default_workers(dev) if opt.num_workers is None else opt.num_workers
     common = dict(neighbors=neighbors, max_spots=getattr(model, "max_spots", 1024), num_workers=workers)
     train_loader = make_loader(model.batching, patches, targets, meta, idx["train"], batch_size=micro, train=True,
                                generator=torch.Generator().manual_seed(opt.seed), **common)
-    val_loader = make_loader(model.batching, patches, targets, meta, idx["val"],
-                             batch_size=opt.eval_batch_size or opt.batch_size, train=False, **common)
+    val_loader = make_loader(model.batching, patches, targets, meta, idx["val"], batch_size=eval_batch,
+                             train=False, **common)
 
     run = make_trainer(opt.steps, device=dev, val_every=opt.val_every, out_dir=opt.out_dir, name=name,
                        precision=opt.precision, devices=opt.devices, accumulate_grad_batches=accumulate,
@@ -380,18 +454,19 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
     n_params = count_parameters(model)
     if opt.verbose:
         batch = (f"batch {opt.batch_size}" + (f" as {accumulate} × {micro}" if accumulate > 1 else "")
-                 if model.batching == "spot" else "one slide (or crop) per step")
+                 if model.batching == "spot" else memory["slide_input"])
         print(f"fit {name}: {n_params:,} trainable parameters, target {target_layer}"
               f"{' (as deltas)' if model.uses_deltas else ''}, {run.steps} steps, lr {lr:g}, {batch}, "
               f"on {dev} ({run.precision}); train/val/{eval_split} = "
               f"{len(idx['train'])}/{len(idx['val'])}/{len(idx[eval_split])} spots", flush=True)
     t0 = time.perf_counter()
-    run.fit(module, train_loader, val_loader)
+    with PeakMemory(dev) as peak:
+        run.fit(module, train_loader, val_loader)
     wall = time.perf_counter() - t0
 
     best_step = run.load_best(module)
     model = module.model.eval()
-    pred = predict(model, adata, patches, idx[eval_split], batch_size=opt.eval_batch_size or opt.batch_size,
+    pred = predict(model, adata, patches, idx[eval_split], batch_size=eval_batch,
                    device=dev, tta=module.tta, num_workers=workers)
     metrics = compute_metrics(targets.y[idx[eval_split]], pred, targets.mask[idx[eval_split]])
     best = run.checkpoint.best_model_score
@@ -402,4 +477,5 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
                      eval_index=idx[eval_split], best_step=best_step,
                      extra={"steps": run.steps, "lr": lr, "batch_size": opt.batch_size, "micro_batch_size": micro,
                             "accumulate_grad_batches": accumulate, "precision": run.precision,
-                            "pretrained": None if opt.pretrained is None else str(opt.pretrained)})
+                            "pretrained": None if opt.pretrained is None else str(opt.pretrained),
+                            "peak_memory_gb": round(peak.peak_gb, 3), **memory})
