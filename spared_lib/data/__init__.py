@@ -18,9 +18,9 @@ from .subset import assign_splits, crop_slides
 from .synthetic import make_synthetic_dataset, synthetic_truth, visium_array
 
 __all__ = [
-    "DATASETS", "DataFileError", "DatasetInfo", "EXTRA_DATASETS", "FIXTURES", "RemoteFile",
-    "assign_splits", "cache_dir", "crop_slides", "dataset_root", "datasets_table",
-    "fetch", "fetch_dataset", "fixture_dataset", "fixtures_dir", "gene_table", "get_dataset",
+    "DATASETS", "DataFileError", "DatasetInfo", "DownloadError", "EXTRA_DATASETS", "FIXTURES",
+    "MIRROR_ENV", "RemoteFile", "assign_splits", "build_mirror", "cache_dir", "crop_slides", "dataset_root", "datasets_table",
+    "check_format", "fetch", "fetch_dataset", "fixture_dataset", "fixtures_dir", "gene_table", "get_dataset",
     "image_size", "integrity", "load_dataset", "make_synthetic_dataset", "open_image", "read_h5ad",
     "read_positions", "read_scalefactors", "read_st", "read_visium", "spot_spacing",
     "symbols_to_ids", "synthetic_truth", "visium_array",
@@ -29,8 +29,12 @@ __all__ = [
 
 def __getattr__(name):
     # Downloads (urllib, filelock) are loaded on first use only.
-    if name in ("fetch", "fetch_dataset", "DownloadError"):
+    if name in ("check_format", "fetch", "fetch_dataset", "DownloadError", "MIRROR_ENV", "check_format"):
         from . import download
 
         return getattr(download, name)
+    if name == "build_mirror":
+        from .mirror import build_mirror
+
+        return build_mirror
     raise AttributeError(f"module 'spared_lib.data' has no attribute {name!r}")
