@@ -7,18 +7,21 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a Visium slide in five cells
+# # Quickstart: a tissue section in five cells
 #
-# **Aim:** load a spatial-transcriptomics slide with `spared_lib` and draw its spots over the H&E
+# **Aim:** load a spatial-transcriptomics dataset with `spared_lib` and draw its spots over the H&E
 # image — the path every later chapter builds on.
 #
 # ```{admonition} What you need
 # :class: tip
 # - **Compute:** CPU only; under 1 GB of RAM.
-# - **Time:** about a minute (fast mode, synthetic data); 2–5 minutes on Colab, most of it the
-#   download of one SpaRED dataset (a few hundred MB) into the cache folder.
-# - **Data:** `DATASET` below. `"synthetic"` generates a small Visium-like dataset on the fly (no
-#   network); a SpaRED key such as `"10xgenomic_mouse_brain_sagittal_posterior"` downloads the real one.
+# - **Time:** under a minute in fast mode; 2–5 minutes on Colab, most of it the download of one
+#   SpaRED dataset (a few hundred MB) into the cache folder.
+# - **Data:** `DATASET` below. A SpaRED key such as `"10xgenomic_mouse_brain_sagittal_posterior"`
+#   (the default) downloads that dataset; `"her2st_hne"` is three consecutive sections of a HER2+
+#   breast tumour {cite}`andersson2021her2st` with their full-resolution H&E (the book's own pages
+#   use it, read from the repository's test fixtures); `"synthetic"` generates a small Visium-like
+#   dataset on the fly, with no network.
 # ```
 #
 # The button with the rocket at the top of the page opens this chapter on Google Colab. The hidden
@@ -39,7 +42,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 #
 # The defaults are the full run (a real SpaRED dataset). The book and its tests run the same notebook
-# with `DATASET = "synthetic"` and `FAST = True`, injected by papermill.
+# with `DATASET = "her2st_hne"` and `FAST = True`, injected by papermill.
 
 # %% tags=["parameters"]
 DATASET = "10xgenomic_mouse_brain_sagittal_posterior"
@@ -63,8 +66,10 @@ from spared_lib import data, plotting
 if DATASET == "synthetic":
     info = data.make_synthetic_dataset(data.cache_dir() / "synthetic_quickstart", n_slides=2,
                                        n_spots=600, seed=SEED, overwrite=True)
+elif DATASET in data.FIXTURES and data.fixtures_dir() is not None:
+    info = data.fixture_dataset(DATASET)  # the same files as the download, already on disk
 else:
-    info = DATASET
+    info = DATASET  # downloaded into the cache folder on first use
 adata = data.load_dataset(info)
 adata
 
@@ -78,35 +83,38 @@ adata.obs.groupby(["slide_id", "split"], observed=True).size().rename("spots").t
 # %% [markdown]
 # ## Spots over the tissue
 #
-# A Visium spot is 55 µm across and captures the RNA of the few cells beneath it. Colouring each spot
-# by its total number of counts (UMIs) shows where the tissue gave the most RNA.
+# A spot captures the RNA of the cells beneath it: 55 µm across on a Visium slide, 100 µm on the
+# legacy Spatial Transcriptomics arrays of her2st. Colouring each spot by its total number of counts
+# (UMIs) shows where the tissue gave the most RNA.
 
 # %%
 adata.obs["total_counts"] = adata.X.sum(axis=1).A1
 slide = adata.obs["slide_id"].cat.categories[0]
 fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
 plotting.spatial_scatter(adata, "total_counts", slide_id=slide, ax=ax, cmap="magma",
-                         title=f"{adata.uns['dataset']['key']} — slide {slide}: total counts")
+                         title=f"{adata.uns['dataset']['key']} — slide {slide}: total counts",
+                         colorbar_label="UMIs per spot")
 _ = ax.set(xlabel="", ylabel="")
 
 # %% [markdown]
-# ## A real slide from the test fixtures
+# ## A Visium slide
 #
-# When the repository's real-data fixtures are beside it (`../shared/data`, as on the project's CI),
-# the same function reads a legacy Spatial Transcriptomics section of HER2-positive breast cancer
-# {cite}`andersson2021her2st` with its full-resolution H&E. On Colab the folder is absent and the
-# cell says so.
+# SpaRED's datasets are 10x Visium slides: 55 µm spots on a hexagonal grid, closer together than
+# the 100 µm spots of the legacy Spatial Transcriptomics arrays above. When the repository's
+# real-data fixtures are beside it (`../shared/data`, as on the project's CI), the same function
+# draws a whole Visium CytAssist slide of mouse tissue (`visium_mouse_cytassist`); on Colab the
+# folder is absent and the cell says so.
 
 # %%
-fixtures = data.fixtures_dir()
-if fixtures is not None and (fixtures / "her2st").is_dir():
-    her2st = data.read_st(fixtures / "her2st", "C2")
-    her2st.obs["total_counts"] = her2st.X.sum(axis=1).A1
+if "visium_mouse_cytassist" in data.FIXTURES and data.fixtures_dir() is not None:
+    visium = data.load_dataset(data.fixture_dataset("visium_mouse_cytassist"))
+    visium.obs["total_counts"] = visium.X.sum(axis=1).A1
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    plotting.spatial_scatter(her2st, "total_counts", ax=ax, cmap="magma",
-                             title="her2st section C2 (real): total counts")
+    plotting.spatial_scatter(visium, "total_counts", ax=ax, cmap="magma",
+                             title=f"visium_mouse_cytassist (real Visium slide): total counts\n"
+                                   f"{visium.n_obs:,} spots", colorbar_label="UMIs per spot")
 else:
-    print("Fixtures folder not found: skipping the her2st example.")
+    print("Fixtures folder not found: skipping the Visium example.")
 
 # %% [markdown]
 # ## Exercises

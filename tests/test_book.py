@@ -43,3 +43,65 @@ def test_notebook_pages_show_figures_and_a_colab_button(built_book):
         colab = f"https://colab.research.google.com/github/{repo}/blob/{cfg['repository']['branch']}/notebooks/{py.stem}.ipynb"
         assert colab in text, f"{py.stem}: no Colab button pointing at {colab}"
         assert "Traceback" not in text, f"{py.stem}: an error output made it into the book"
+
+
+def test_setup_cell_records_figure_titles_and_quiets_lightning():
+    """What tools/book.py runs first in every chapter's kernel: the titles of each figure go into
+    its output's metadata (the browser check reads them) and Lightning's INFO banners are muted."""
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    import matplotlib_inline.backend_inline as inline
+
+    original = inline._fetch_figure_metadata
+    levels = {n: logging.getLogger(n).level for n in ("lightning.pytorch", "spared_lib")}
+    try:
+        exec(book.SETUP_SOURCE, {})
+        fig, (a, b) = plt.subplots(1, 2)
+        fig.suptitle("her2st_hne: two panels")
+        a.set_title("left panel")
+        meta = inline._fetch_figure_metadata(fig)
+        assert meta["book_titles"] == ["her2st_hne: two panels", "left panel"]
+        assert logging.getLogger("lightning.pytorch").level == logging.WARNING
+        assert logging.getLogger("spared_lib").level == logging.WARNING
+    finally:
+        inline._fetch_figure_metadata = original
+        for n, lv in levels.items():
+            logging.getLogger(n).setLevel(lv)
+        plt.close("all")
+
+
+def test_tidy_executed_drops_the_setup_cell_and_hides_the_injected_parameters(tmp_path):
+    import nbformat
+
+    nb = book._with_setup_cell(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("FAST = False", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("# Parameters\nFAST = True\n", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print(FAST)")]))
+    assert book.SETUP_TAG in nb.cells[0].metadata["tags"]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    book.tidy_executed(path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert [c.source for c in cells] == ["FAST = False", "# Parameters\nFAST = True\n", "print(FAST)"]
+    assert cells[0].metadata["tags"] == ["parameters"]  # the defaults a reader runs stay on the page
+    assert cells[1].metadata["tags"] == ["injected-parameters", "remove-cell"]
+    book.tidy_executed(path)  # idempotent
+    assert nbformat.read(path, as_version=4).cells[1].metadata["tags"] == ["injected-parameters", "remove-cell"]
+
+
+def test_the_intro_lists_every_chapter_with_its_fast_mode_time():
+    """The run-time table of the introduction has one row per chapter of the table of contents."""
+    import jupytext
+
+    text = (REPO / "book" / "intro.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| chapter")]
+    assert len(table) == len(book.toc_notebooks()), table
+    for row, py in zip(table, book.toc_notebooks()):
+        title = jupytext.read(py).cells[0].source.splitlines()[0].removeprefix("# ")
+        name = row.split("|")[1].strip()
+        assert re.sub(r"^\d+\.\s*", "", name).lower() in title.lower(), (name, title)
+        assert re.search(r"\d+(–\d+)?\s*min", row.split("|")[2]), f"{name}: no fast-mode time"
