@@ -22,7 +22,7 @@ from .checks import (DataFileError, check_counts, check_finite, check_flag, chec
                      check_unique, check_whole, check_within_image, looks_like, numeric_columns,
                      positive_number, reading)
 from .genes import fill_symbols
-from .images import image_size, read_rgb
+from .images import TIFF_SUFFIXES, image_size, read_rgb, require_complete_tiff
 
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres",
                     "pxl_col_in_fullres"]
@@ -93,8 +93,9 @@ def read_positions(path: str | Path) -> pd.DataFrame:
             raise DataFileError(path, f"the header lacks column(s) {missing}; found {names}")
         table = table.iloc[1:].set_axis(names, axis=1)[POSITION_COLUMNS]
     elif table.shape[1] != 6:
+        hint = looks_like(path)
         raise DataFileError(path, f"expected 6 columns {POSITION_COLUMNS} (no header row), found "
-                                  f"{table.shape[1]}")
+                                  f"{table.shape[1]}" + (f"; {hint}" if hint else ""))
     else:
         table.columns = POSITION_COLUMNS
     table = table.set_index("barcode")
@@ -206,7 +207,8 @@ def _read_10x_mtx(folder: Path):
     if X.shape != (len(barcodes), len(feats)):
         raise DataFileError(files["matrix.mtx"], f"shape {X.shape[::-1]} (genes x spots) does not match "
                                                  f"{len(feats)} features and {len(barcodes)} barcodes")
-    return X, barcodes, feats[0].to_numpy(), feats[1].to_numpy(), types
+    sources = {"counts": files["matrix.mtx"], "barcodes": files["barcodes.tsv"], "genes": files["features.tsv"]}
+    return X, barcodes, feats[0].to_numpy(), feats[1].to_numpy(), types, sources
 
 
 def _read_counts_10x(folder: Path, count_file: str | None):
@@ -216,24 +218,24 @@ def _read_counts_10x(folder: Path, count_file: str | None):
     mtx = folder / (count_file or "filtered_feature_bc_matrix")
     if h5.is_file():
         X, barcodes, ids, names, types = _read_10x_h5(h5)
-        source = h5
+        sources = {"counts": h5, "barcodes": h5, "genes": h5}
     elif mtx.is_dir():
-        X, barcodes, ids, names, types = _read_10x_mtx(mtx)
-        source = mtx
+        X, barcodes, ids, names, types, sources = _read_10x_mtx(mtx)
     else:
         raise FileNotFoundError(f"{folder}: no counts found (expected filtered_feature_bc_matrix.h5 "
                                 "or a filtered_feature_bc_matrix/ folder)")
+    source = sources["counts"]
     gex = types == "Gene Expression"
     if not gex.any():
-        raise DataFileError(source, f"no 'Gene Expression' features (feature types: {sorted(set(types))[:5]})")
+        raise DataFileError(sources["genes"], f"no 'Gene Expression' features (feature types: {sorted(set(types))[:5]})")
     X = X.tocsc()[:, gex] if not gex.all() else X
     var = pd.DataFrame({"gene_symbol": names[gex].astype(str)},
                        index=pd.Index(ids[gex].astype(str)).str.replace(r"\.\d+$", "", regex=True))
     var.index.name = None
     fill_symbols(var)
     barcodes = pd.Index(barcodes.astype(str))
-    check_unique(barcodes, "barcodes", source)
-    check_unique(var.index, "gene ids", source)
+    check_unique(barcodes, "barcodes", sources["barcodes"])
+    check_unique(var.index, "gene ids", sources["genes"])
     X = check_counts(X, source)
     return X, barcodes, var, source
 
@@ -267,6 +269,8 @@ def _check_images(xy: np.ndarray, spatial: Path, scalefactors: dict, fullres: Pa
         if png.exists() and key in scalefactors:
             check_within_image(xy, image_size(png), png, scalefactors[key], key)
     if fullres is not None:
+        if fullres.suffix.lower() in TIFF_SUFFIXES:
+            require_complete_tiff(fullres)  # patches are cut from it later: fail here, naming it
         check_within_image(xy, image_size(fullres), fullres, 1.0, "full resolution")
 
 

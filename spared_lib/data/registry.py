@@ -14,6 +14,7 @@ share one download folder, ``<data_dir>/her2st``, and take their files from the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -105,7 +106,20 @@ class DatasetInfo:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: not a readable dataset description ({err})") from err
-        data["files"] = tuple(RemoteFile(**f) for f in data.get("files", ()))
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a readable dataset description (a JSON object expected)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.name not in data)
+        if unknown or missing:
+            raise ValueError(f"{path}: not a readable dataset description ("
+                             + "; ".join(([f"unknown field(s) {unknown}"] if unknown else [])
+                                         + ([f"missing field(s) {missing}"] if missing else [])) + ")")
+        try:
+            data["files"] = tuple(RemoteFile(**f) for f in data.get("files", ()))
+        except TypeError as err:
+            raise ValueError(f"{path}: not a readable dataset description (files: {err})") from err
         for name in ("train_slides", "val_slides", "test_slides"):
             data[name] = tuple(data.get(name, ()))
         return cls(**data)

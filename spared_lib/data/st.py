@@ -84,7 +84,7 @@ def _read_counts(path: Path) -> tuple[pd.Index, pd.Index, sp.csr_matrix]:
             raw = f.read()
         parsed = _plain_integer_table(raw)
         if parsed is None:
-            counts = pd.read_csv(path, sep="\t", index_col=0)
+            counts = pd.read_csv(path, sep="\t", index_col=0, low_memory=False)
             parsed = (counts.index.astype(str), counts.columns.astype(str), counts)
     names, symbols, values = parsed
     if len(names) == 0 or len(symbols) == 0:
