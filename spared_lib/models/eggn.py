@@ -31,14 +31,14 @@ Introduced in ``notebooks/05_context_models.py``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import math
-
-from .base import SpotModel, build_configured, check_init_bias, loss_mask, masked_mse
-from .egn import FEATURE_DIM, ExemplarBank, FrozenEncoder, pcc_loss, resnet_trunk
+from .base import SpotModel, build_configured, check_init_bias
+from .egn import FEATURE_DIM, ExemplarBank, FrozenEncoder, mse_pcc_loss, resnet_trunk
 from .graph import SAGEConv, knn_graph, radius_graph, scatter_mean, scatter_sum, segment_softmax
 
 CONFIGS = {
@@ -195,8 +195,7 @@ class EGGN(SpotModel):
         return self.lin(self.pool(x_win, x_ex, e_cross))
 
     def loss(self, batch: dict, pred: torch.Tensor) -> torch.Tensor:
-        m = loss_mask(batch)
-        return masked_mse(pred, batch["target"], m) + 0.5 * pcc_loss(pred, batch["target"], m)
+        return mse_pcc_loss(batch, pred)
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> EGGN:

@@ -294,8 +294,14 @@ class EGN(SpotModel):
         return self.head(torch.cat([self.pool(x), q.squeeze(1)], 1))
 
     def loss(self, batch: dict, pred: torch.Tensor) -> torch.Tensor:
-        m = loss_mask(batch)
-        return masked_mse(pred, batch["target"], m) + 0.5 * pcc_loss(pred, batch["target"], m)
+        return mse_pcc_loss(batch, pred)
+
+
+def mse_pcc_loss(batch: dict, pred: torch.Tensor) -> torch.Tensor:
+    """EGN's and EGGN's loss: MSE + 0.5 (1 − PCC) over the entries the loss may use (Yan98/EGN
+    ``v2/train.py``: ``loss + corrloss * 0.5``)."""
+    m = loss_mask(batch)
+    return masked_mse(pred, batch["target"], m) + 0.5 * pcc_loss(pred, batch["target"], m)
 
 
 def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -> EGN:
