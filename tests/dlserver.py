@@ -7,6 +7,7 @@ norange        ignores Range (always 200 and the whole body)
 badrange       answers a Range request with 206 but starts at byte 0 (Content-Range 0-...)
 shortrange     206 whose Content-Range starts right but whose total is wrong
 cut            promises the whole body, sends a third, hangs up (every time)
+chunkcut       chunked transfer encoding, hangs up inside a chunk (http.client.IncompleteRead)
 cutonce        like ``cut`` on the first request of the path, then ``good``
 nolength       no Content-Length, sends half the body, closes: a silent truncation
 html           an HTML error page with status 200 and Content-Type text/html
@@ -73,6 +74,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, b"", [("Content-Type", "application/octet-stream")])
         if mode == "always416" and rng:
             return self._send(416, b"", [("Content-Range", f"bytes */{len(body)}")])
+        if mode == "chunkcut":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(f"{len(body):x}\r\n".encode() + body[: len(body) // 4])
+            self.close_connection = True
+            return
         if mode == "nolength":
             self.send_response(200)
             self.send_header("Connection", "close")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def looks_like(path: Path) -> str:
 # Parsers (pandas, h5py, gzip, zlib, scipy.io, json, PIL, anndata) raise their own types, all of
 # which derive from these; anything else is a bug of ours and must not be disguised.
 PARSE_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zlib.error,
-                struct.error, UnicodeDecodeError)
+                struct.error, UnicodeDecodeError, zipfile.BadZipFile, tarfile.TarError)
 
 
 @contextlib.contextmanager

@@ -178,7 +178,7 @@ def check_format(path: Path, name: str | None = None) -> None:
         with reading(shown, "the tar archive"), tarfile.open(path) as t:
             t.getmembers()
     elif name.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf")):
-        require_decodes(path)
+        require_decodes(path, name)
     elif name.endswith(".json"):
         with reading(shown, "the JSON"):
             json.loads(path.read_text(encoding="utf-8"))
@@ -279,6 +279,13 @@ def _stream(response, tmp: Path, start: int, bar, dest: Path, url: str, total: i
                 block = response.read(CHUNK)
             except (OSError, http.client.HTTPException, urllib.error.URLError) as err:
                 # Includes IncompleteRead (the server hung up early) and timeouts: resumable.
+                partial = _partial_bytes(err)
+                if partial:  # the bytes of the cut read arrived too: keep them for the resume
+                    try:
+                        out.write(partial)
+                        received += len(partial)
+                    except OSError as disk:
+                        raise _DiskError(disk) from disk
                 raise _Interrupted(received, err) from err
             if not block:
                 break
@@ -290,6 +297,15 @@ def _stream(response, tmp: Path, start: int, bar, dest: Path, url: str, total: i
             if bar is not None:
                 bar.update(len(block))
     return received
+
+
+def _partial_bytes(err: BaseException) -> bytes:
+    """The bytes an ``IncompleteRead`` carries. For chunked replies http.client re-raises it with
+    the chunks read so far, the cut chunk's own bytes sitting in the cause: both, in order."""
+    if not isinstance(err, http.client.IncompleteRead):
+        return b""
+    inner = err.__cause__ if isinstance(err.__cause__, http.client.IncompleteRead) else None
+    return bytes(err.partial or b"") + (bytes(inner.partial or b"") if inner is not None else b"")
 
 
 class _Interrupted(Exception):
@@ -397,6 +413,14 @@ def _download(url: str, dest: Path, want: str | None, timeout: float, progress: 
             if isinstance(err, _BadFile) and resumed and attempt == 0:
                 resumed = False  # an old part spoiled the file: one clean download
                 continue
+            raise
+        except BaseException:
+            # Ctrl-C or an unexpected error: keep what arrived for a later resume (it is checked
+            # like any download before it is used).
+            if tmp.exists() and tmp.stat().st_size:
+                os.replace(tmp, part)
+            else:
+                tmp.unlink(missing_ok=True)
             raise
     try:
         os.replace(tmp, dest)

@@ -102,14 +102,16 @@ def require_complete_tiff(path: Path) -> None:
                                           f"{ends.max()} of a {size}-byte file")
 
 
-def require_decodes(path: Path) -> None:
-    """Raise :class:`DataFileError` unless the image decodes completely (used on downloads).
+def require_decodes(path: Path, name: str | None = None) -> None:
+    """Raise :class:`DataFileError` unless the image decodes completely (used on downloads;
+    ``name``, default the file's, decides the format when the file is a temporary download).
 
     JPEGs are decoded in draft mode (1/8 size: every entropy-coded block is still read, so a
-    truncated file fails); TIFFs must have every strip/tile inside the file; PNGs are verified.
+    truncated file fails); TIFFs must have every strip/tile inside the file (headers only, cheap
+    for a whole-slide image); other formats decode completely.
     """
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if Path(name or path.name).suffix.lower() in TIFF_SUFFIXES:
         require_complete_tiff(path)
         return
     with open_image(path) as img, reading(path, "the image's pixels"):
