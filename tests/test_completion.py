@@ -459,3 +459,35 @@ def test_inference_rules_build_the_inputs_they_name():
     assert (ctx[~m] != -off[np.nonzero(~m)[1]]).any()  # the neighbours show a fill, not 0
     with pytest.raises(ValueError, match="inference rule"):
         model_inputs(adata, x, m, off, "mean")
+
+
+def test_spackle_scores_only_the_spots_it_predicts():
+    from spared_lib.completion.evaluate import complete_masked
+
+    adata, _ = toy_adata(n_rows=6, n_cols=6, n_genes=8)
+    x, m = adata.layers["c_d_log1p"], adata.layers["mask"]
+    torch.manual_seed(0)
+    model = completion.SpaCKLE(8, d_model=16, dim_feedforward=16).eval()
+    spots = np.flatnonzero(np.asarray(adata.obs["split"] == "test"))
+    full = complete_masked(adata, "spackle", x, m, model=model)
+    part = complete_masked(adata, "spackle", x, m, model=model, spots=spots)
+    np.testing.assert_allclose(part[spots], full[spots], rtol=1e-5, atol=1e-6)
+    rest = np.setdiff1d(np.arange(adata.n_obs), spots)
+    assert np.isnan(part[rest][~m[rest]]).all() and (part[rest][m[rest]] == x[rest][m[rest]]).all()
+
+
+def test_forward_centre_is_row_zero_of_forward():
+    torch.manual_seed(3)
+    for norm_first in (False, True):
+        model = completion.SpaCKLE(n_genes=8, d_model=16, dim_feedforward=32, n_layers=3)
+        for layer in model.encoder.layers:
+            layer.norm_first = norm_first
+        model.offset.fill_(2.0)
+        model.eval()
+        x = torch.randn(6, 19, 8)
+        pad = torch.zeros(6, 19, dtype=torch.bool)
+        pad[2, 11:] = True
+        with torch.no_grad():
+            torch.testing.assert_close(model.forward_centre(x, pad), model(x, pad)[:, 0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="eval"):
+        model.train().forward_centre(x, pad)

@@ -42,13 +42,16 @@ def eval_spots(adata, split: str | None = "auto") -> tuple[np.ndarray, str]:
 
 
 def complete_masked(adata, method: str, x: np.ndarray, visible: np.ndarray, *, model=None,
-                    morphology=None, inference: str | None = None) -> np.ndarray:
+                    morphology=None, inference: str | None = None, spots: np.ndarray | None = None) -> np.ndarray:
     """Complete every non-visible entry of ``x`` with ``method``; returns an ``(n, G)`` array.
 
     ``model`` is the trained SpaCKLE for ``'spackle'``; ``inference`` its input rule
     (:data:`spared_lib.completion.infer.INFERENCE_RULES`, default the one in ``model.meta``; the
     ``'median'`` rule's fill is computed from the visible entries only, so no hidden value leaks
     in); ``morphology`` the image features for ``'sme'`` (None drops the morphology term).
+    ``spots`` limits SpaCKLE's predictions to those centre spots (the ones being scored); the
+    other spots' non-visible entries are then NaN. The baselines always fill every spot (their
+    filters need the whole slide anyway).
 
     Introduced in ``notebooks/03_spackle.py``.
     """
@@ -65,8 +68,11 @@ def complete_masked(adata, method: str, x: np.ndarray, visible: np.ndarray, *, m
 
             context = median_complete(adata, x, visible)
         nbr = nearest_in_slide(adata, meta.get("n_neighbors", 18), meta.get("radius", "auto"))
-        pred = predict_centres(model, x, visible, nbr, context=context)
-        return np.where(visible, x, pred)
+        if spots is None:
+            return np.where(visible, x, predict_centres(model, x, visible, nbr, context=context))
+        out = np.where(visible, x, np.nan).astype(np.float32)
+        out[spots] = np.where(visible[spots], x[spots], predict_centres(model, x, visible, nbr, spots, context=context))
+        return out
     if method == "median":
         from .baselines import median_complete
 
@@ -118,7 +124,8 @@ def evaluate_completion(
     morphology
         Image features for SME (:func:`image_features`); None drops the morphology term.
     return_completion
-        Also return the completed matrix (key ``'completed'``) and the hidden mask (``'hidden'``).
+        Also return the completed matrix (key ``'completed'``; SpaCKLE's holds NaN outside the
+        scored spots) and the hidden mask (``'hidden'``).
     inference
         SpaCKLE's input rule (default: the model's own, ``model.meta['inference']``).
 
@@ -144,7 +151,7 @@ def evaluate_completion(
         model, _ = train_spackle(adata, layer=layer, seed=seed, **(train_kwargs or {}))
     t0 = time.perf_counter()
     completed = complete_masked(adata, method, x, visible, model=model, morphology=morphology,
-                                inference=inference)
+                                inference=inference, spots=spots)
     elapsed = time.perf_counter() - t0
     scored = hidden[spots]
     if not scored.any():

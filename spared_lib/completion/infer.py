@@ -123,7 +123,7 @@ def predict_centres(
     for start in range(0, centres.size, batch_size):  # batches of spots, a handful per slide
         c = torch.as_tensor(centres[start: start + batch_size], device=dev)
         e, pad = gather_inputs(ctx_t, own_t, nt, c)
-        out[start: start + c.numel()] = model(e, pad)[:, 0].float().cpu().numpy()
+        out[start: start + c.numel()] = model.forward_centre(e, pad).float().cpu().numpy()
     model.train(was_training)
     return out
 

@@ -84,3 +84,42 @@ class SpaCKLE(nn.Module):
             )
         h = self.encoder(self.l_in(x), src_key_padding_mask=padding_mask)
         return self.l_out(h) + self.offset
+
+    def forward_centre(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Only row 0 of :meth:`forward` (the centre spot), for inference.
+
+        Completion and validation read nothing but the centre token, and in the last encoder
+        layer nothing else depends on the other tokens' outputs: their keys and values are still
+        needed, but their queries, attention outputs and feed-forward pass (four fifths of the
+        layer's arithmetic) are not. This computes the last layer for the centre token alone,
+        which halves the cost of completing a spot; the result equals ``forward(x)[:, 0]`` (a
+        test checks it). Eval mode only: dropout is not applied.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, n_genes)``.
+        """
+        if self.training:
+            raise RuntimeError("forward_centre is for inference: call model.eval() first (dropout is skipped)")
+        if x.ndim != 3 or x.shape[-1] != self.config["n_genes"]:
+            raise ValueError(
+                f"SpaCKLE expects (batch, tokens, {self.config['n_genes']}) input, got {tuple(x.shape)}"
+            )
+        h = self.l_in(x)
+        layers = self.encoder.layers
+        for layer in layers[:-1]:
+            h = layer(h, src_key_padding_mask=padding_mask)
+        last = layers[-1]
+        if last.norm_first:  # the default (and the original's) is post-norm; keep both exact
+            q = h[:, :1]
+            hn = last.norm1(h)
+            c = q + last.self_attn(hn[:, :1], hn, hn, key_padding_mask=padding_mask, need_weights=False)[0]
+            c = c + last.linear2(last.activation(last.linear1(last.norm2(c))))
+        else:
+            c = h[:, :1] + last.self_attn(h[:, :1], h, h, key_padding_mask=padding_mask, need_weights=False)[0]
+            c = last.norm1(c)
+            c = last.norm2(c + last.linear2(last.activation(last.linear1(c))))
+        if self.encoder.norm is not None:
+            c = self.encoder.norm(c)
+        return self.l_out(c[:, 0]) + self.offset

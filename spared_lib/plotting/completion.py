@@ -100,3 +100,56 @@ def qualitative_panel(adata, gene: str, panels: dict, slide_id: str, fractions: 
     _colorbar(axes[0, 0].collections[-1], axes, colorbar_label, shrink=0.5)
     fig.suptitle(_title(f"{gene_label(adata, gene_index(adata, gene))}, slide {slide_id}", label))
     return fig
+
+
+def reduction_vs_masking(reductions: pd.DataFrame, *, data_label: str | None = None, ax=None):
+    """SpaCKLE's MSE reduction against the median method per masking fraction, one line per dataset.
+
+    ``reductions`` has columns ``dataset``, ``mask_fraction`` and ``reduction_vs_median_%`` (the
+    ``reductions`` table of ``benchmarks/completion.py``). The thick line is the mean over
+    datasets; below the dotted zero line SpaCKLE would be behind the median.
+
+    Defined in ``notebooks/03_spackle.py``.
+    """
+    import seaborn as sns
+
+    label = _data_label(data_label, where="reduction_vs_masking")
+    fig, ax = _ax(ax, (5.5, 4))
+    df = reductions.assign(masked=100 * reductions["mask_fraction"])
+    sns.lineplot(data=df, x="masked", y="reduction_vs_median_%", hue="dataset", marker="o", alpha=0.6,
+                 linewidth=1, ax=ax)
+    mean = df.groupby("masked")["reduction_vs_median_%"].mean()
+    ax.plot(mean.index, mean.to_numpy(), color="black", linewidth=3, label="mean over datasets")
+    ax.axhline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="masked observed entries (%)", ylabel="MSE reduction vs median (%)",
+           title=_title("SpaCKLE vs the median method", label))
+    ax.legend(fontsize=7, frameon=False, loc="lower left", ncol=2)
+    return fig
+
+
+def training_input_study(summary: pd.DataFrame, *, data_label: str | None = None, split: str = "val", ax=None):
+    """Mean completion MSE of each training-input variant, without and with ``centre`` (issue 16 §1).
+
+    ``summary`` has columns ``variant``, ``centre``, ``inference`` and one column per split
+    (``val``, ``test``), as ``benchmarks/completion.py``'s study summary; the median method's row
+    (if present) is drawn as a dashed line.
+
+    Defined in ``notebooks/03_spackle.py``.
+    """
+    import seaborn as sns
+
+    label = _data_label(data_label, where="training_input_study")
+    fig, ax = _ax(ax, (7, 3.5))
+    df = summary[summary["variant"] != "median method"].copy()
+    df["configuration"] = df["variant"] + np.where(df["inference"] == "median", ", median-filled inference", "")
+    df["input"] = np.where(df["centre"].astype(bool), "centred (not in the paper)", "raw (the paper)")
+    sns.barplot(data=df, y="configuration", x=split, hue="input", orient="h", ax=ax,
+                palette={"raw (the paper)": "#9ecae1", "centred (not in the paper)": "#3182bd"})
+    med = summary.loc[summary["variant"] == "median method", split]
+    if len(med):
+        ax.axvline(float(med.iloc[0]), color=PALETTE["Median"], linestyle="--", linewidth=1,
+                   label="median method")
+    ax.set(xlabel=f"completion MSE, {split} spots (mean over datasets, fractions, seeds)", ylabel="",
+           title=_title("What SpaCKLE sees in training", label))
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    return fig
