@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from localhttp import serve
 
-from spared_lib.data import build_mirror, fixture_dataset, get_dataset, load_dataset
+from spared_lib.data import FIXTURES, build_mirror, fixture_dataset, get_dataset, load_dataset
 from spared_lib.data.download import MIRROR_ENV, fetch, hash_record, mirrored, sha256sum
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB, so the transfer spans several chunks
@@ -198,6 +198,7 @@ def her2st_mirror(fixtures, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mirror")
     done = build_mirror(folder, fixtures)
     assert done["her2st"] == (59, 59) and all(found == listed for found, listed in done.values())
+    assert set(done) == set(FIXTURES)
     from spared_lib.data.mirror import serve as serve_mirror
 
     httpd = serve_mirror(folder)
@@ -230,3 +231,34 @@ def test_mirror_folder_works_without_a_server(her2st_mirror, tmp_path, monkeypat
     monkeypatch.setenv(MIRROR_ENV, folder.as_uri())
     a = load_dataset("her2st_hne", data_dir=tmp_path)
     assert set(a.uns["spatial"]["C2"]["images"]) == {"hires", "lowres"}
+
+
+def test_fixtures_folder_laid_out_from_public_sources(her2st_mirror, fixtures, tmp_path, monkeypatch):
+    """`python -m spared_lib.data.fixtures fetch DEST` (the book workflow's step) rebuilds
+    shared/data byte for byte from the pinned public files (here through a file:// mirror)."""
+    from badinput import snapshot
+
+    from spared_lib.data.fixtures import main
+
+    folder, _ = her2st_mirror
+    monkeypatch.setenv(MIRROR_ENV, folder.as_uri())
+    dest = tmp_path / "shared_data"
+    main(["fetch", str(dest), "--quiet"])
+    mine = {k: v for k, v in snapshot(dest).items() if not k.split("/")[-1].startswith(".")}
+    theirs = {k: v for k, v in snapshot(fixtures).items() if not k.endswith("README.md")}
+    assert mine == theirs
+    main(["fetch", str(dest), "--quiet"])  # a second run finds every file verified and keeps it
+    assert {k: v for k, v in snapshot(dest).items() if not k.split("/")[-1].startswith(".")} == theirs
+
+
+@pytest.mark.parametrize(("key", "repo", "commit"), [
+    ("visium_mouse_cytassist", "Perik-Zavodskii/CoexpressDeconvolve", "38b3bddd9585fcca1f61cdff58f25fc207cfa892"),
+    ("visium_human_heart_subset", "scverse/scanpy", "fabadb9412c0d1cd9df9d9c2e95ac266d564ee18"),
+])
+def test_visium_fixtures_are_pinned(fixtures, key, repo, commit):
+    info = get_dataset(key)
+    local = sorted(p.relative_to(fixtures).as_posix() for p in (fixtures / key).rglob("*") if p.is_file())
+    assert sorted(f.target for f in info.files) == local
+    for f in info.files:
+        assert f.url.startswith(f"https://raw.githubusercontent.com/{repo}/{commit}/")
+        assert f.sha256 == sha256sum(fixtures / f.target)

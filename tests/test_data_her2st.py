@@ -31,7 +31,7 @@ def _nn_median(xy):
 def test_fixture_names_are_one_constant():
     assert FIXTURES == ("her2st", *(f"her2st_{p}" for p in SECTIONS), "her2st_hne",
                         "visium_mouse_cytassist", "visium_human_heart_subset")
-    assert set(EXTRA_DATASETS) == set(FIXTURES[:9])
+    assert set(EXTRA_DATASETS) == set(FIXTURES)
 
 
 def test_all_28_sections_split_by_patient(her2st, fixtures):

@@ -44,7 +44,8 @@ class DatasetInfo:
     ``root`` is set for local datasets (the synthetic ones, or a user's folder); registry datasets
     leave it ``None`` and live in ``<data_dir>/<key>``. ``layout`` says how each slide is stored:
     ``'visium'`` (one Space Ranger folder per slide id) or ``'st'`` (the her2st layout).
-    ``folder`` names the download folder when several datasets share one (the her2st family);
+    ``folder`` names the download folder when several datasets share one (the her2st family;
+    ``"."`` puts the slide folders straight into the data folder, as ``shared/data`` does);
     ``requires_image`` says whether every slide must have its full-resolution H&E (``False`` for
     her2st's counts-only sections). ``collection`` is ``'SpaRED'`` for the paper's 26 datasets.
 
@@ -165,8 +166,10 @@ def _build() -> dict[str, DatasetInfo]:
     out = {}
     for row in table.to_dict("records"):
         slides = {*_split(row["train_slides"]), *_split(row["val_slides"]), *_split(row["test_slides"])}
-        # A dataset sharing another's folder takes that folder's files of its own slides.
-        own = files[(files["key"] == (row["folder"] or row["key"]))
+        # A dataset sharing another's folder takes that folder's files of its own slides
+        # (folder "." = the data folder itself, as shared/data lays out the Visium fixtures).
+        owner = row["folder"] if row["folder"] not in ("", ".") else row["key"]
+        own = files[(files["key"] == owner)
                     & ((files["slide"] == "") | files["slide"].isin(slides))]
         out[row["key"]] = DatasetInfo(
             key=row["key"], organism=row["organism"], n_genes=int(row["n_genes"]),
