@@ -425,7 +425,7 @@ def test_evaluation_is_quiet_and_counts_spots_without_a_patch_pcc():
 
 
 @pytest.mark.parametrize("method,rule", [("spackle", "zeroed"), ("spackle", "median"), ("median", None),
-                                         ("sme", None)])
+                                         ("sme", None), ("mean", None)])
 def test_completion_never_reads_the_hidden_values(method, rule):
     """Every method and inference rule completes hidden entries from the visible ones only."""
     from spared_lib.completion.evaluate import complete_masked
@@ -491,3 +491,16 @@ def test_forward_centre_is_row_zero_of_forward():
             torch.testing.assert_close(model.forward_centre(x, pad), model(x, pad)[:, 0], rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="eval"):
         model.train().forward_centre(x, pad)
+
+
+def test_train_mean_fills_with_the_visible_train_mean():
+    adata, _ = toy_adata(n_rows=4, n_cols=4, n_genes=3)
+    x, m = adata.layers["c_d_log1p"], adata.layers["mask"]
+    visible = m & ~random_observed_mask(m, 0.3, seed=0)
+    got = completion.train_mean_complete(adata, x, visible)
+    train = np.asarray(adata.obs["split"] == "train")
+    for g in range(3):
+        ref = x[train & visible[:, g], g].mean()
+        np.testing.assert_allclose(got[~visible[:, g], g], ref, rtol=1e-5)
+    np.testing.assert_array_equal(got[visible], x[visible])
+    assert "mean" in completion.METHODS

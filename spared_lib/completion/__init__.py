@@ -21,6 +21,12 @@ _EXPORTS = {
     "evaluate_completion": "evaluate",
     "random_observed_mask": "evaluate",
     "complete_masked": "evaluate",
+    "train_mean_complete": "evaluate",
+    "METHODS": "evaluate",
+    "TRAIN_INPUTS": "train",
+    "LOSSES": "train",
+    "PAPER_STEPS": "train",
+    "INFERENCE_RULES": "infer",
 }
 
 __all__ = sorted(_EXPORTS)

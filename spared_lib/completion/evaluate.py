@@ -13,7 +13,24 @@ from spared_lib.preprocessing import nearest_in_slide
 
 from .infer import INFERENCE_RULES, layer_arrays, predict_centres
 
-METHODS = ("spackle", "median", "sme")
+#: Completion methods: SpaCKLE, the adaptive median, stLearn's SME, and the train-split gene mean
+#: (the baseline every results table carries: what knowing nothing about the spot gives).
+METHODS = ("spackle", "median", "sme", "mean")
+
+
+def train_mean_complete(adata, x: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Fill every non-visible entry with its gene's mean over the visible entries of the train split.
+
+    Introduced in ``notebooks/03_spackle.py``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    visible = np.asarray(visible, dtype=bool)
+    train = (np.asarray(adata.obs["split"]).astype(str) == "train") if "split" in adata.obs else None
+    if train is None or not train.any():
+        train = np.ones(adata.n_obs, bool)
+    seen = visible & train[:, None]
+    mean = np.where(seen, x, 0).sum(0) / np.maximum(seen.sum(0), 1)
+    return np.where(visible, x, mean).astype(np.float32)
 
 
 def random_observed_mask(mask: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -45,7 +62,7 @@ def complete_masked(adata, method: str, x: np.ndarray, visible: np.ndarray, *, m
                     morphology=None, inference: str | None = None, spots: np.ndarray | None = None) -> np.ndarray:
     """Complete every non-visible entry of ``x`` with ``method``; returns an ``(n, G)`` array.
 
-    ``model`` is the trained SpaCKLE for ``'spackle'``; ``inference`` its input rule
+    ``method`` is one of :data:`METHODS`; ``model`` is the trained SpaCKLE for ``'spackle'``; ``inference`` its input rule
     (:data:`spared_lib.completion.infer.INFERENCE_RULES`, default the one in ``model.meta``; the
     ``'median'`` rule's fill is computed from the visible entries only, so no hidden value leaks
     in); ``morphology`` the image features for ``'sme'`` (None drops the morphology term).
@@ -81,6 +98,8 @@ def complete_masked(adata, method: str, x: np.ndarray, visible: np.ndarray, *, m
         from .baselines import sme_complete
 
         return sme_complete(adata, x, visible, morphology=morphology)
+    if method == "mean":
+        return train_mean_complete(adata, x, visible)
     raise ValueError(f"unknown completion method {method!r}; choose one of {METHODS}")
 
 
@@ -110,7 +129,7 @@ def evaluate_completion(
     adata
         Preprocessed AnnData.
     method
-        ``'spackle'``, ``'median'`` or ``'sme'``.
+        ``'spackle'``, ``'median'``, ``'sme'`` or ``'mean'`` (the train-split gene mean).
     mask_fraction, seed
         Fraction of observed entries hidden, and the seed of that random mask.
     model

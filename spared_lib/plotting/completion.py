@@ -10,9 +10,9 @@ import pandas as pd
 
 from ._common import EXPRESSION_UNIT, _ax, _colorbar, _data_label, _title
 
-METHOD_ORDER = ["spackle", "median", "sme"]
-METHOD_LABEL = {"spackle": "SpaCKLE", "median": "Median", "sme": "stLearn SME"}
-PALETTE = {"SpaCKLE": "#1f77b4", "Median": "#d62728", "stLearn SME": "#7f7f7f"}
+METHOD_ORDER = ["spackle", "median", "sme", "mean"]
+METHOD_LABEL = {"spackle": "SpaCKLE", "median": "Median", "sme": "stLearn SME", "mean": "train mean"}
+PALETTE = {"SpaCKLE": "#1f77b4", "Median": "#d62728", "stLearn SME": "#7f7f7f", "train mean": "#bcbd22"}
 
 
 def completion_violin(results: pd.DataFrame, *, data_label: str | None = None, ax=None):
@@ -131,8 +131,8 @@ def training_input_study(summary: pd.DataFrame, *, data_label: str | None = None
     """Mean completion MSE of each training-input variant, without and with ``centre`` (issue 16 §1).
 
     ``summary`` has columns ``variant``, ``centre``, ``inference`` and one column per split
-    (``val``, ``test``), as ``benchmarks/completion.py``'s study summary; the median method's row
-    (if present) is drawn as a dashed line.
+    (``val``, ``test``), as ``benchmarks/completion.py``'s study summary; the rows of the median
+    method and the train mean (if present) are drawn as dashed lines.
 
     Defined in ``notebooks/03_spackle.py``.
     """
@@ -140,15 +140,16 @@ def training_input_study(summary: pd.DataFrame, *, data_label: str | None = None
 
     label = _data_label(data_label, where="training_input_study")
     fig, ax = _ax(ax, (7, 3.5))
-    df = summary[summary["variant"] != "median method"].copy()
+    baselines = {"median method": PALETTE["Median"], "train mean": PALETTE["train mean"]}
+    df = summary[~summary["variant"].isin(baselines)].copy()
     df["configuration"] = df["variant"] + np.where(df["inference"] == "median", ", median-filled inference", "")
     df["input"] = np.where(df["centre"].astype(bool), "centred (not in the paper)", "raw (the paper)")
     sns.barplot(data=df, y="configuration", x=split, hue="input", orient="h", ax=ax,
                 palette={"raw (the paper)": "#9ecae1", "centred (not in the paper)": "#3182bd"})
-    med = summary.loc[summary["variant"] == "median method", split]
-    if len(med):
-        ax.axvline(float(med.iloc[0]), color=PALETTE["Median"], linestyle="--", linewidth=1,
-                   label="median method")
+    for name, colour in baselines.items():
+        base = summary.loc[summary["variant"] == name, split]
+        if len(base):
+            ax.axvline(float(base.iloc[0]), color=colour, linestyle="--", linewidth=1, label=name)
     ax.set(xlabel=f"completion MSE, {split} spots (mean over datasets, fractions, seeds)", ylabel="",
            title=_title("What SpaCKLE sees in training", label))
     ax.legend(fontsize=8, frameon=False, loc="lower right")
