@@ -76,33 +76,47 @@ def load_dataset(key_or_info, data_dir: str | Path | None = None, download: bool
 
     Defined in ``notebooks/01_spared_database.py``.
     """
-    import anndata as ad
-
     info = _resolve(key_or_info)
     root = dataset_root(info, data_dir)
+    _ensure_present(info, root, download)
+    slides = [_read_labelled(info, root, slide_id, split, load_images) for slide_id, split in info.slides.items()]
+    return _stitch(info, slides)
+
+
+def _ensure_present(info: DatasetInfo, root: Path, download: bool) -> None:
+    """Fetch what is missing of a registry dataset, or say exactly what is missing and where."""
     missing = {s: _slide_missing(info, root, s) for s in info.slides}
     missing = {s: m for s, m in missing.items() if m}
-    if missing:
-        if info.root is not None or not download:
-            where = ("each slide's Space Ranger output in {root}/<slide_id>/" if info.layout == "visium"
-                     else "the files listed above (the her2st layout)").format(root=root)
-            raise FileNotFoundError(
-                f"dataset {info.key!r}: slide(s) missing under {root}: "
-                + "; ".join(f"{s} ({m})" for s, m in missing.items()) + ". "
-                + ("Call with download=True, or place" if info.root is None else "Place")
-                + f" {where}.")
-        from .download import fetch_dataset
+    if not missing:
+        return
+    if info.root is not None or not download:
+        where = ("each slide's Space Ranger output in {root}/<slide_id>/" if info.layout == "visium"
+                 else "the files listed above (the her2st layout)").format(root=root)
+        raise FileNotFoundError(
+            f"dataset {info.key!r}: slide(s) missing under {root}: "
+            + "; ".join(f"{s} ({m})" for s, m in missing.items()) + ". "
+            + ("Call with download=True, or place" if info.root is None else "Place")
+            + f" {where}.")
+    from .download import fetch_dataset
 
-        fetch_dataset(info, root)
-    slides = []
-    for slide_id, split in info.slides.items():
-        a = _read_slide(info, root, slide_id, load_images)
-        a.obs["barcode"] = a.obs_names.astype(str)
-        a.obs["slide_id"] = slide_id
-        a.obs["patient"] = info.patient_of(slide_id)
-        a.obs["split"] = split
-        a.obs_names = slide_id + ":" + a.obs_names.astype(str)
-        slides.append(a)
+    fetch_dataset(info, root)
+
+
+def _read_labelled(info: DatasetInfo, root: Path, slide_id: str, split: str, load_images: bool):
+    """One slide with its dataset labels; spot names made unique across slides."""
+    a = _read_slide(info, root, slide_id, load_images)
+    a.obs["barcode"] = a.obs_names.astype(str)
+    a.obs["slide_id"] = slide_id
+    a.obs["patient"] = info.patient_of(slide_id)
+    a.obs["split"] = split
+    a.obs_names = slide_id + ":" + a.obs_names.astype(str)
+    return a
+
+
+def _stitch(info: DatasetInfo, slides: list):
+    """The slides concatenated over the genes they share, with the contract's obs columns."""
+    import anndata as ad
+
     genes = slides[0].var_names
     for a in slides[1:]:
         genes = genes.intersection(a.var_names, sort=False)

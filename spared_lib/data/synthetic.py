@@ -213,108 +213,143 @@ def make_synthetic_dataset(path: str | Path, n_slides: int = 3, n_spots: int = 2
     Defined in ``notebooks/01_spared_database.py``.
     """
     root = Path(path)
-    if n_slides < 2:
-        raise ValueError(f"n_slides must be at least 2 (train and val), got {n_slides}")
     rc_all, xy_all = visium_array()
-    if not 10 <= n_spots <= len(rc_all):
-        raise ValueError(f"n_spots must be between 10 and {len(rc_all)}, got {n_spots}")
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
-        shutil.rmtree(root)
-
+    _check_arguments(root, n_slides, n_spots, len(rc_all), overwrite)
     rng = np.random.default_rng(seed)
-    table = gene_table(organism)
-    coding = table.index[table["biotype"].to_numpy() == "protein_coding"]
-    if n_genes > len(coding):
-        raise ValueError(f"n_genes must be at most {len(coding)}, got {n_genes}")
-    genes = table.loc[np.sort(rng.choice(coding, n_genes, replace=False)), ["gene_symbol"]]
-
-    # Gene parameters shared by all slides (the biology); slides differ in layout and batch.
-    base = rng.normal(-2.3, 1.7, n_genes)
-    theta = rng.gamma(4.0, 1.0, n_genes) + 0.5
-    loads = rng.normal(0, 0.9, (n_genes, n_programs)) * (rng.random((n_genes, n_programs)) < 0.25)
-    dom_eff = rng.normal(0, 0.8, (n_domains, n_genes)) * (rng.random(n_genes) < 0.4)
-    look = {  # per-domain appearance
-        "cell_um": rng.uniform(7, 16, n_domains), "nucleus_size": rng.uniform(0, 1, n_domains),
-        "h_base": rng.uniform(0.05, 0.25, n_domains), "e_base": rng.uniform(0.25, 0.8, n_domains),
-        "fibre": rng.uniform(0, 1.5, n_domains),
-        "lumen": np.where(np.arange(n_domains) == n_domains - 1, 0.6, 0.0),
-    }
+    genes = _choose_genes(rng, organism, n_genes)
+    biology = _gene_programs(rng, n_genes, n_domains, n_programs)
     slide_ids = [f"SYN{seed:02d}_{chr(ord('A') + i)}1" for i in range(n_slides)]
-    n_train = max(1, n_slides - 2)
-    splits = {"train": slide_ids[:n_train], "val": slide_ids[n_train:n_train + 1],
-              "test": slide_ids[n_train + 1:]}
     barcodes_all = _barcodes(np.random.default_rng(12345), len(rc_all))  # fixed like a real chip
 
     root.mkdir(parents=True, exist_ok=True)
     for slide_id in slide_ids:
         srng = np.random.default_rng(rng.integers(2**63))
         fields = {"domains": [_Field(srng, 700.0) for _ in range(n_domains)],
-                  "programs": [_Field(srng, length) for length in
-                               np.linspace(250.0, 800.0, n_programs)]}
-        # Tissue: the n_spots positions closest to an irregular outline's centre.
-        centre = np.array([ARRAY_COLS * PITCH_UM / 4, ARRAY_ROWS * PITCH_UM * np.sqrt(3) / 4])
-        centre = centre + srng.normal(0, 250, 2)
-        harmonics = np.c_[srng.uniform(0, 0.15, 3), srng.uniform(0, 2 * np.pi, 3)]
-
-        def radius_fn(xy, centre=centre, harmonics=harmonics):
-            return _tissue_radius(xy, centre, harmonics)
-
-        rad = radius_fn(xy_all)
-        order = np.argsort(rad, kind="stable")
-        in_tissue = np.zeros(len(rc_all), bool)
-        in_tissue[order[:n_spots]] = True
-        tissue_radius = (rad[order[n_spots - 1]] + rad[order[min(n_spots, len(rad) - 1)]]) / 2 + 30
-        # Array → pixel map: rotation by a small angle, then crop to the tissue + a margin.
-        angle = np.deg2rad(srng.uniform(-2.5, 2.5))
-        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        px_all = xy_all @ rot.T / um_per_px
-        margin = 2 * PITCH_UM / um_per_px
-        lo = px_all[in_tissue].min(0) - margin
-        hi = px_all[in_tissue].max(0) + margin
-        px_all = px_all - lo
-        W, H = np.ceil(hi - lo).astype(int)
-        to_um = rot.T * um_per_px  # pixel → µm: µm = to_um @ px + t_um
-        t_um = rot.T @ lo * um_per_px
-
-        xy_in = xy_all[in_tissue]
-        domain = np.stack([f.at(xy_in) for f in fields["domains"]]).argmax(0)
-        programs = np.stack([f.at(xy_in) for f in fields["programs"]], 1)
-        batch_gene = srng.normal(0, 0.25, n_genes)
-        lib = srng.normal(0, 0.35, len(xy_in)) + srng.normal(0, 0.3)
-        log_mu = (base + batch_gene)[None] + programs @ loads.T + dom_eff[domain] + lib[:, None]
-        mu = np.exp(log_mu)
-        lam = srng.gamma(theta[None], mu / theta[None])
-        counts = sp.csr_matrix(srng.poisson(lam).astype(np.int32))
-
-        params = {"look": look, "tissue_radius": tissue_radius,
+                  "programs": [_Field(srng, length) for length in np.linspace(250.0, 800.0, n_programs)]}
+        layout = _tissue_layout(srng, rc_all, xy_all, n_spots, um_per_px)
+        counts, truth = _slide_counts(srng, fields, biology, xy_all[layout["in_tissue"]])
+        params = {"look": biology["look"], "tissue_radius": layout["tissue_radius"],
                   "h_vec": H_VEC + srng.normal(0, 0.04, 3), "e_vec": E_VEC + srng.normal(0, 0.04, 3)}
-        image = _render_image(srng, fields, params, (H, W), to_um, t_um, radius_fn, um_per_px)
-
-        positions = pd.DataFrame({
-            "barcode": barcodes_all, "in_tissue": in_tissue.astype(int),
-            "array_row": rc_all[:, 0], "array_col": rc_all[:, 1],
-            "pxl_row_in_fullres": px_all[:, 1], "pxl_col_in_fullres": px_all[:, 0]})
-        hires = min(1.0, 2000 / max(H, W)) * 0.5
-        scalefactors = {"spot_diameter_fullres": SPACERANGER_SPOT_UM / um_per_px,
-                        "fiducial_diameter_fullres": 1.5 * SPACERANGER_SPOT_UM / um_per_px,
-                        "tissue_hires_scalef": hires, "tissue_lowres_scalef": 600 / max(H, W),
-                        "microns_per_pixel": um_per_px}
-        truth = pd.DataFrame(programs, columns=[f"program_{p}" for p in range(n_programs)],
-                             index=pd.Index(barcodes_all[in_tissue], name="barcode"))
-        truth.insert(0, "domain", domain)
-        _write_slide(root / slide_id, {"counts": counts, "barcodes_in": barcodes_all[in_tissue],
-                                       "positions": positions, "scalefactors": scalefactors,
+        image = _render_image(srng, fields, params, layout["shape"], layout["to_um"], layout["t_um"],
+                              layout["radius_fn"], um_per_px)
+        truth.index = pd.Index(barcodes_all[layout["in_tissue"]], name="barcode")
+        _write_slide(root / slide_id, {"counts": counts, "barcodes_in": barcodes_all[layout["in_tissue"]],
+                                       "positions": _positions(barcodes_all, rc_all, layout),
+                                       "scalefactors": _scalefactors(layout["shape"], um_per_px),
                                        "image": image, "truth": truth}, genes)
+    return _describe(root, key, organism, n_prediction_genes, slide_ids, n_spots, seed)
 
+
+def _check_arguments(root: Path, n_slides: int, n_spots: int, n_positions: int, overwrite: bool) -> None:
+    if n_slides < 2:
+        raise ValueError(f"n_slides must be at least 2 (train and val), got {n_slides}")
+    if not 10 <= n_spots <= n_positions:
+        raise ValueError(f"n_spots must be between 10 and {n_positions}, got {n_spots}")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
+        shutil.rmtree(root)
+
+
+def _choose_genes(rng: np.random.Generator, organism: str, n_genes: int) -> pd.DataFrame:
+    """Real protein-coding genes of the organism (ids and symbols), sorted by id."""
+    table = gene_table(organism)
+    coding = table.index[table["biotype"].to_numpy() == "protein_coding"]
+    if n_genes > len(coding):
+        raise ValueError(f"n_genes must be at most {len(coding)}, got {n_genes}")
+    return table.loc[np.sort(rng.choice(coding, n_genes, replace=False)), ["gene_symbol"]]
+
+
+def _gene_programs(rng: np.random.Generator, n_genes: int, n_domains: int, n_programs: int) -> dict:
+    """The biology shared by all slides: gene means, dispersions, program loadings, domain
+    effects, and each domain's look in the H&E. Slides differ only in layout and batch."""
+    return {
+        "base": rng.normal(-2.3, 1.7, n_genes),
+        "theta": rng.gamma(4.0, 1.0, n_genes) + 0.5,
+        "loads": rng.normal(0, 0.9, (n_genes, n_programs)) * (rng.random((n_genes, n_programs)) < 0.25),
+        "dom_eff": rng.normal(0, 0.8, (n_domains, n_genes)) * (rng.random(n_genes) < 0.4),
+        "look": {  # per-domain appearance
+            "cell_um": rng.uniform(7, 16, n_domains), "nucleus_size": rng.uniform(0, 1, n_domains),
+            "h_base": rng.uniform(0.05, 0.25, n_domains), "e_base": rng.uniform(0.25, 0.8, n_domains),
+            "fibre": rng.uniform(0, 1.5, n_domains),
+            "lumen": np.where(np.arange(n_domains) == n_domains - 1, 0.6, 0.0),
+        },
+    }
+
+
+def _tissue_layout(srng: np.random.Generator, rc_all, xy_all, n_spots: int, um_per_px: float) -> dict:
+    """Which array positions are tissue (the ``n_spots`` nearest an irregular outline's centre)
+    and the array-to-pixel map (a small rotation, then a crop to the tissue plus a margin)."""
+    centre = np.array([ARRAY_COLS * PITCH_UM / 4, ARRAY_ROWS * PITCH_UM * np.sqrt(3) / 4])
+    centre = centre + srng.normal(0, 250, 2)
+    harmonics = np.c_[srng.uniform(0, 0.15, 3), srng.uniform(0, 2 * np.pi, 3)]
+
+    def radius_fn(xy, centre=centre, harmonics=harmonics):
+        return _tissue_radius(xy, centre, harmonics)
+
+    rad = radius_fn(xy_all)
+    order = np.argsort(rad, kind="stable")
+    in_tissue = np.zeros(len(rc_all), bool)
+    in_tissue[order[:n_spots]] = True
+    tissue_radius = (rad[order[n_spots - 1]] + rad[order[min(n_spots, len(rad) - 1)]]) / 2 + 30
+    angle = np.deg2rad(srng.uniform(-2.5, 2.5))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    px_all = xy_all @ rot.T / um_per_px
+    margin = 2 * PITCH_UM / um_per_px
+    lo = px_all[in_tissue].min(0) - margin
+    hi = px_all[in_tissue].max(0) + margin
+    W, H = np.ceil(hi - lo).astype(int)
+    return {"in_tissue": in_tissue, "tissue_radius": tissue_radius, "radius_fn": radius_fn,
+            "px_all": px_all - lo, "shape": (H, W),
+            "to_um": rot.T * um_per_px,  # pixel -> µm: µm = to_um @ px + t_um
+            "t_um": rot.T @ lo * um_per_px}
+
+
+def _slide_counts(srng: np.random.Generator, fields: dict, biology: dict, xy_in: np.ndarray):
+    """Negative binomial counts of the tissue spots (gamma-Poisson with the slide's batch
+    offsets and library sizes) and the ground truth (domain, programs) per spot."""
+    domain = np.stack([f.at(xy_in) for f in fields["domains"]]).argmax(0)
+    programs = np.stack([f.at(xy_in) for f in fields["programs"]], 1)
+    batch_gene = srng.normal(0, 0.25, len(biology["base"]))
+    lib = srng.normal(0, 0.35, len(xy_in)) + srng.normal(0, 0.3)
+    log_mu = ((biology["base"] + batch_gene)[None] + programs @ biology["loads"].T
+              + biology["dom_eff"][domain] + lib[:, None])
+    theta = biology["theta"][None]
+    lam = srng.gamma(theta, np.exp(log_mu) / theta)
+    counts = sp.csr_matrix(srng.poisson(lam).astype(np.int32))
+    truth = pd.DataFrame(programs, columns=[f"program_{p}" for p in range(programs.shape[1])])
+    truth.insert(0, "domain", domain)
+    return counts, truth
+
+
+def _positions(barcodes_all, rc_all, layout) -> pd.DataFrame:
+    """Space Ranger 2.x ``tissue_positions.csv`` rows for all 4,992 array positions."""
+    px = layout["px_all"]
+    return pd.DataFrame({"barcode": barcodes_all, "in_tissue": layout["in_tissue"].astype(int),
+                         "array_row": rc_all[:, 0], "array_col": rc_all[:, 1],
+                         "pxl_row_in_fullres": px[:, 1], "pxl_col_in_fullres": px[:, 0]})
+
+
+def _scalefactors(shape, um_per_px: float) -> dict:
+    H, W = shape
+    return {"spot_diameter_fullres": SPACERANGER_SPOT_UM / um_per_px,
+            "fiducial_diameter_fullres": 1.5 * SPACERANGER_SPOT_UM / um_per_px,
+            "tissue_hires_scalef": min(1.0, 2000 / max(H, W)) * 0.5,
+            "tissue_lowres_scalef": 600 / max(H, W), "microns_per_pixel": um_per_px}
+
+
+def _describe(root: Path, key: str, organism: str, n_prediction_genes: int, slide_ids: list,
+              n_spots: int, seed: int) -> DatasetInfo:
+    """The dataset's description (one each for train, val and test with 3 slides; with more,
+    the last two are val and test), written to ``dataset.json``."""
+    n_train = max(1, len(slide_ids) - 2)
     info = DatasetInfo(
         key=key, organism=organism, n_genes=n_prediction_genes, combat_key="slide_id",
-        cell_min_counts=10, train_slides=tuple(splits["train"]), val_slides=tuple(splits["val"]),
-        test_slides=tuple(splits["test"]), abbreviation="SYN", tissue="synthetic", grid="hex",
-        layout="visium", patients={s: f"SYN{seed:02d}" for s in slide_ids},
-        spots=n_spots * n_slides, source=f"spared_lib.data.make_synthetic_dataset(seed={seed})",
-        root=str(root.resolve()))
+        cell_min_counts=10, train_slides=tuple(slide_ids[:n_train]),
+        val_slides=tuple(slide_ids[n_train:n_train + 1]), test_slides=tuple(slide_ids[n_train + 1:]),
+        abbreviation="SYN", tissue="synthetic", grid="hex", layout="visium",
+        patients={s: f"SYN{seed:02d}" for s in slide_ids}, spots=n_spots * len(slide_ids),
+        source=f"spared_lib.data.make_synthetic_dataset(seed={seed})", root=str(root.resolve()))
     info.to_json(root / "dataset.json")
     return info
 
