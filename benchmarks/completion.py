@@ -295,7 +295,7 @@ def run_timing(args, log, default_opts) -> dict:
     from spared_lib import data, preprocessing
     from spared_lib.completion import SpaCKLE, complete, train_spackle
 
-    adata = preprocessing.preprocess(data.load_dataset(data.fixture_dataset("her2st")))
+    adata = preprocessing.preprocess(data.load_dataset(data.fixture_dataset("her2st"), load_images=False))
     paper = SCHEDULES["paper"]
     g, tokens, b = adata.n_vars, 19, paper["batch_size"]
     out = {"threads": torch.get_num_threads(), "dataset": "her2st"}
@@ -373,6 +373,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     t_start = time.perf_counter()
+    command = " ".join(shlex.quote(a) for a in ["nice", ".venv/bin/python", "benchmarks/completion.py",
+                                                  *(sys.argv[1:] if argv is None else argv)])
 
     def log(msg):
         print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
@@ -398,7 +400,8 @@ def main(argv=None):
               "(validation spots choose, test spots reported)")
         print(summary.round(4).to_string(index=False))
         print(f"winner on validation: {best}")
-        results["study"] = dict(schedule=args.schedule, datasets=list(args.study_datasets), seeds=list(args.seeds),
+        results["study"] = dict(provenance=resources.provenance(command), schedule=args.schedule,
+                                datasets=list(args.study_datasets), seeds=list(args.seeds),
                                 fractions=list(args.study_fractions), runs=study, summary=summary, winner=best)
         default_opts = {k: best[k] for k in ("train_input", "loss", "centre", "inference")}
     library = {k: spackle_train.train_spackle.__kwdefaults__[k] for k in ("train_input", "loss", "centre", "inference")}
@@ -412,7 +415,8 @@ def main(argv=None):
         keep = [r for r in previous.get("table_runs", []) if r["schedule"] != args.schedule]
         runs = pd.concat([pd.DataFrame(keep), runs], ignore_index=True) if keep else runs
         red = reductions(runs)
-        results.update(table=table_summary(runs), table_runs=runs, reductions=red, averages=averages(red),
+        results.update(table_provenance=resources.provenance(command), table=table_summary(runs),
+                       table_runs=runs, reductions=red, averages=averages(red),
                        datasets=[i for i in previous.get("datasets", []) if i["schedule"] != args.schedule] + info,
                        spackle_options=default_opts or library)
         pd.set_option("display.width", 220)
@@ -427,7 +431,8 @@ def main(argv=None):
                   f"SME's MSE by {a['reduction_vs_sme_all_fractions_%']:.1f} %")
     if "timing" in args.parts:
         t0 = time.perf_counter()
-        results["timing"] = run_timing(args, log, default_opts or library)
+        results["timing"] = dict(run_timing(args, log, default_opts or library),
+                                 provenance=resources.provenance(command))
         part_times["timing_s"] = time.perf_counter() - t0
     results["runs"][args.schedule] = dict(schedule=SCHEDULES[args.schedule], parts=list(args.parts),
                                           seeds=list(args.seeds), device=args.device,
@@ -435,8 +440,7 @@ def main(argv=None):
                                           wall_s=time.perf_counter() - t_start, **part_times)
     log(f"done in {time.perf_counter() - t_start:.0f} s ({part_times})")
     if not args.no_save:
-        cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/completion.py", *(argv or sys.argv[1:])])
-        path = resources.save_result(RESULTS, results, command=cmd)
+        path = resources.save_result(RESULTS, results, command=command)
         log(f"wrote {path}")
 
 
