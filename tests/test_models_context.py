@@ -471,3 +471,20 @@ def test_slide_models_take_whole_slides_by_default(name, data):
                       model.max_spots)
     assert len(ds) == 2 and sorted(len(c) for c in ds.crops) == [25, 25]
     assert build_model(name, ad.n_vars, size="small", max_spots=10).max_spots == 10
+
+
+@pytest.mark.parametrize("name", ["egn", "eggn", "sepal"])
+def test_frozen_parts_need_no_eval_mode(name, data, data224):
+    """The trainer never has to keep a module in eval mode (Lightning warns about it): EGN's and EGGN's
+    frozen ResNet uses frozen batch norms, SEPAL never calls its frozen stage 1 while training."""
+    ad, patches = data224 if name == "sepal" else data
+    model = small_model(name, ad.n_vars)
+    model.prepare(make_ctx(ad, patches, target_of(model, ad)))
+    model.train()
+    assert all(m.training for m in model.modules())
+    if name != "sepal":
+        x = normalise(patches[:4])
+        before = model.encoder(x)
+        model.encoder(normalise(patches[4:20]))  # a training-mode pass changes no statistics
+        torch.testing.assert_close(model.encoder(x), before)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules())

@@ -390,5 +390,5 @@ def build_backbone(arch: str, pretrained: str | None = None, size: str = "paper"
     else:
         setattr(net, head_attr, nn.Identity())
     if verbose and not _on_meta(net):
-        print(f"{arch} ({size}): {source}")
+        print(f"{arch}{f' ({size})' if arch in _SMALL_ONLY else ''}: {source}")
     return net, int(feat_dim)

@@ -72,18 +72,36 @@ def resnet_trunk(arch: str, pretrained=None, verbose: bool = True) -> nn.Module:
     return build_backbone(arch, pretrained=pretrained, verbose=verbose)[0]
 
 
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` of ``module`` (in place) by torchvision's ``FrozenBatchNorm2d``
+    with the same statistics and affine values: it normalises with the stored statistics in
+    training mode too, so a frozen network behaves the same whatever mode the trainer sets."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.running_mean.device)
+            with torch.no_grad():
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
 class FrozenEncoder(nn.Module):
-    """Resize to ``px`` then run a frozen backbone in eval mode (for :meth:`FitContext.encode`)."""
+    """Resize to ``px`` then run a frozen backbone (for :meth:`FitContext.encode`).
+
+    No parameter trains and the batch-norm layers are frozen (:func:`freeze_batchnorm`), so the
+    encoder needs no special mode: it computes the same features in training and in evaluation.
+    """
 
     def __init__(self, backbone: nn.Module, px: int):
         super().__init__()
-        self.backbone, self.px = backbone, px
+        self.backbone, self.px = freeze_batchnorm(backbone), px
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        # batch-norm statistics stay frozen
-        return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.px:

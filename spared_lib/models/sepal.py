@@ -112,6 +112,7 @@ class SEPAL(SpotModel):
         super().__init__()
         if not (hasattr(stage1, "features") and hasattr(stage1, "head")):
             raise TypeError("sepal: stage1 must be a ViT-B+Δ (build_model('vit_b_delta', ...)) with .features and .head")
+        # frozen; stage 2 reads its outputs precomputed in prepare (under eval), never calls it in training
         self.stage1 = stage1
         for p in self.stage1.parameters():
             p.requires_grad_(False)
@@ -126,11 +127,6 @@ class SEPAL(SpotModel):
         self.register_buffer("stage1_pred", torch.zeros(0, n_genes), persistent=False)
         self.register_buffer("neighbors", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.register_buffer("grid", torch.zeros(0, 2), persistent=False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.stage1.eval()  # frozen: no dropout, no batch-norm updates
-        return self
 
     def prepare(self, ctx) -> None:
         """Frozen stage-1 embeddings and Δ predictions of every spot, the first-ring table and array positions."""
