@@ -65,6 +65,9 @@ def test_setup_cell_records_figure_titles_and_quiets_lightning():
         a.set_title("left panel")
         meta = inline._fetch_figure_metadata(fig)
         assert meta["book_titles"] == ["her2st_hne: two panels", "left panel"]
+        assert meta["book_overlaps"] == []
+        a.set_xticks(range(40), [f"tick {i}" for i in range(40)])  # crowded: drawn over one another
+        assert inline._fetch_figure_metadata(fig)["book_overlaps"]
         assert logging.getLogger("lightning.pytorch").level == logging.WARNING
         assert logging.getLogger("spared_lib").level == logging.WARNING
     finally:

@@ -8,7 +8,9 @@ and a Colab button for their own ``.ipynb``, and the "next" links lead from the 
 last in table-of-contents order. The pages are also read as a student reads them (issue 18 §4):
 no output shows a warning, a log banner or a traceback; no output shows a path of the machine
 that built the book; no table is mostly NaN; a wide table scrolls inside the page column instead
-of running past it; and every figure names its data in its title or in the text beside it. External resources (the MathJax and widget CDNs) are unreachable
+of running past it; every figure names its data in its title or in the text beside it; and no
+figure has labels drawn over one another (``tools/figcheck.py``, run on each figure as the book
+is executed). External resources (the MathJax and widget CDNs) are unreachable
 here and are not counted as failures. Screenshots go to ``_build/browser/``.
 """
 from __future__ import annotations
@@ -391,6 +393,30 @@ def test_every_figure_names_its_data(built_book):
     assert not found, _report(found, "figures whose title and caption name no data (dataset, 'synthetic', ...)")
 
 
+def figures_with_overlaps(nb) -> list[str]:
+    """Figures whose labels ``tools/book.py`` found drawn over one another (``book_overlaps``)."""
+    bad = []
+    for cell in nb.cells:
+        for k, out in enumerate(cell.get("outputs", [])):
+            pairs = out.get("metadata", {}).get("book_overlaps") or []
+            if pairs:
+                first = cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ""
+                bad.append(f"figure {k + 1} of cell {first!r}: {len(pairs)} pair(s), e.g. {pairs[:2]}")
+    return bad
+
+
+@pytest.mark.book
+def test_no_figure_has_overlapping_labels(built_book):
+    import nbformat
+
+    found = {}
+    for py in book.toc_notebooks():
+        bad = figures_with_overlaps(nbformat.read(book.EXECUTED / "notebooks" / f"{py.stem}.ipynb", as_version=4))
+        if bad:
+            found[f"notebooks/{py.stem}"] = bad
+    assert not found, _report(found, "figures with labels drawn over one another")
+
+
 def test_the_page_checks_find_what_they_look_for():
     """The checks above, on text and notebooks made by hand (they must be able to fail)."""
     import nbformat
@@ -419,6 +445,10 @@ def test_the_page_checks_find_what_they_look_for():
     assert figures_without_data(nb_with(["MSE vs masking\nher2st"], "Completion error.")) == []
     assert figures_without_data(nb_with(["MSE vs masking"], "On synthetic data: the error.")) == []
     assert figures_without_data(nb_with(["Spots of my_tissue"], "")) == []  # a reader's dataset name
+    crowded = nb_with(["her2st"], "")
+    crowded.cells[2].outputs[0].metadata["book_overlaps"] = [["tick 1", "tick 2"]]
+    assert figures_with_overlaps(crowded) == ["figure 1 of cell 'fig = plot()': 1 pair(s), e.g. [['tick 1', 'tick 2']]"]
+    assert figures_with_overlaps(nb_with(["her2st"], "")) == []
 
 
 @pytest.mark.book

@@ -4,6 +4,8 @@ metric-vs-size figures, and no overlapping text in the figures it makes."""
 from __future__ import annotations
 
 import inspect
+import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -17,6 +19,9 @@ import pytest  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from spared_lib import plotting  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import figcheck  # noqa: E402
 from spared_lib.plotting._common import _ax  # noqa: E402
 
 NOT_FIGURES = {"gene_index", "gene_label", "layer_unit", "slide_image"}
@@ -59,42 +64,9 @@ def _toy(n_genes=6, seed=0):
     return adata
 
 
-def _texts(fig):
-    """Every drawn, non-empty text of the figure with its box in display pixels.
-
-    Tick labels outside an axis's view keep stale positions and are not drawn: they are left out.
-    """
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    ticks, drawn = set(), []
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            lo, hi = sorted(axis.get_view_interval())
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                ticks.update({id(tick.label1), id(tick.label2)})
-                if lo - 1e-9 * abs(hi - lo) <= tick.get_loc() <= hi + 1e-9 * abs(hi - lo):
-                    drawn += [t for t in (tick.label1, tick.label2) if t.get_visible()]
-    drawn += [t for t in fig.findobj(matplotlib.text.Text) if id(t) not in ticks and t.get_visible()]
-    out = []
-    for t in drawn:
-        if t.get_text().strip() and t.figure is fig:
-            box = t.get_window_extent(renderer)
-            if box.width > 0 and box.height > 0:
-                out.append((t.get_text(), box))
-    return out
-
-
 def overlaps(fig, tolerance=0.15):
-    """Pairs of texts whose boxes share more than ``tolerance`` of the smaller box."""
-    texts = _texts(fig)
-    bad = []
-    for i, (a, ba) in enumerate(texts):
-        for b, bb in texts[i + 1:]:
-            w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
-            h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
-            if w > 0 and h > 0 and w * h > tolerance * min(ba.width * ba.height, bb.width * bb.height):
-                bad.append((a, b))
-    return bad
+    """Pairs of drawn labels on top of one another (tools/figcheck.py, also run on the book's figures)."""
+    return figcheck.overlapping_labels(fig, tolerance)
 
 
 def test_the_overlap_check_finds_overlapping_labels():

@@ -75,7 +75,8 @@ SETUP_TAG = "book-setup"
 #: Lightning's banners ("GPU available", model summaries) and the library's INFO logs go below
 #: WARNING (warnings and errors still show, and tests/test_browser.py fails on them); each
 #: figure's titles are recorded in its output's metadata (``book_titles``) so that the browser
-#: check can tell whether a figure names its data.
+#: check can tell whether a figure names its data, and so are the labels drawn over one another
+#: (``book_overlaps``, :func:`figcheck.overlapping_labels`).
 SETUP_SOURCE = """\
 import logging as _logging
 
@@ -86,7 +87,12 @@ for _name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lig
 
 
 def _book_record_titles():
+    import sys
+
     import matplotlib_inline.backend_inline as inline
+
+    sys.path.insert(0, {tools!r})
+    from figcheck import overlapping_labels
 
     fetch = inline._fetch_figure_metadata
 
@@ -95,13 +101,14 @@ def _book_record_titles():
         titles = [fig._suptitle.get_text()] if fig._suptitle is not None else []
         titles += [ax.get_title(loc) for ax in fig.axes for loc in ("left", "center", "right")]
         meta["book_titles"] = [t for t in titles if t.strip()]
+        meta["book_overlaps"] = [list(pair) for pair in overlapping_labels(fig)]
         return meta
 
     inline._fetch_figure_metadata = with_titles
 
 
 _book_record_titles()
-"""
+""".replace("{tools!r}", repr(str(Path(__file__).resolve().parent)))
 
 
 def _with_setup_cell(nb):
