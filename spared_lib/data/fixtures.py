@@ -47,6 +47,20 @@ def fixture_dataset(name: str) -> DatasetInfo:
     return replace(info, root=str(base / (info.folder or info.key)))
 
 
+def resolve_dataset(name: str) -> DatasetInfo:
+    """The dataset ``name`` from its local copy when the fixtures folder holds it (CI, a clone
+    with ``shared/data``), else the registry entry, which :func:`load_dataset` downloads on first
+    use (Colab). Both give the same files: the fixtures are byte-identical to the pinned downloads.
+
+    Defined in ``notebooks/01_spared_database.py``.
+    """
+    from .registry import get_dataset
+
+    if name in FIXTURES and fixtures_dir() is not None:
+        return fixture_dataset(name)
+    return get_dataset(name)
+
+
 def fetch_fixtures(dest, progress: bool = True) -> Path:
     """Download every file of ``shared/data`` from its public source into ``dest`` (same layout),
     checking each pinned sha256; files already there with the right hash are kept.

@@ -224,8 +224,9 @@ def integrity(info: DatasetInfo) -> str:
 def datasets_table(collection: str = "SpaRED") -> pd.DataFrame:
     """The registry as a DataFrame indexed by key (one row per dataset; numbers as numbers).
 
-    ``collection``: ``'SpaRED'`` (the paper's 26, default), ``'her2st'`` or ``'all'``.
-    Columns: abbreviation, organism, tissue, n_genes, combat_key, cell_min_counts, the three
+    ``collection``: ``'SpaRED'`` (the paper's 26, default), ``'her2st'``, ``'Visium'`` (the two
+    Visium fixtures) or ``'all'``.
+    Columns: collection, abbreviation, organism, tissue, n_genes, combat_key, cell_min_counts, the three
     split lists, n_slides, patients, spots, raw_missing and processed_missing (fractions), doi,
     source, n_files, n_hashed (files with a pinned sha256) and integrity (:func:`integrity`).
 
@@ -238,7 +239,7 @@ def datasets_table(collection: str = "SpaRED") -> pd.DataFrame:
     rows = []
     for info in chosen:
         rows.append(dict(
-            key=info.key, abbreviation=info.abbreviation, organism=info.organism,
+            key=info.key, collection=info.collection, abbreviation=info.abbreviation, organism=info.organism,
             tissue=info.tissue, n_genes=info.n_genes, combat_key=info.combat_key,
             cell_min_counts=info.cell_min_counts, train_slides=";".join(info.train_slides),
             val_slides=";".join(info.val_slides), test_slides=";".join(info.test_slides),
