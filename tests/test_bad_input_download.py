@@ -248,6 +248,42 @@ def test_read_only_folder(server, tmp_path, monkeypatch):
         fetch(f"{server}/good/data.tsv.gz", dest, SHA["data.tsv.gz"], progress=False)
 
 
+class _NoLockFile:
+    """A lock whose file cannot be created (a read-only folder)."""
+
+    lock_file = "(read-only)"
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def acquire(self, timeout=None):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+
+@pytest.mark.parametrize(("pin", "content", "usable"), [
+    case(RESULT, "read-only-cache-with-a-good-pinned-file", True, H5, True),
+    case(RESULT, "read-only-cache-with-a-good-unrecorded-file", None, H5, True),
+    case(ERROR, "read-only-cache-with-a-corrupt-pinned-file", True, H5[:-1] + b"!", False),
+    case(ERROR, "read-only-cache-without-the-file", True, None, False),
+])
+def test_read_only_cache(tmp_path, monkeypatch, pin, content, usable):
+    """A cache folder nobody may write to (a lab-wide, read-only copy) is used as it is when its
+    files pass their checks; otherwise the error says the folder is read-only."""
+    import filelock
+
+    cache, dest = _dest(tmp_path, "counts.h5")
+    if content is not None:
+        dest.write_bytes(content)
+    monkeypatch.setattr(filelock, "FileLock", _NoLockFile)
+    sha = SHA["counts.h5"] if pin else None
+    with unchanged(cache):
+        if usable:
+            assert fetch("http://127.0.0.1:9/counts.h5", dest, sha, progress=False) == dest
+        else:
+            with raises_naming(DownloadError, cache, "Read-only file system", "SPARED_DATA_DIR"):
+                fetch("http://127.0.0.1:9/counts.h5", dest, sha, progress=False)
+
+
 def test_destination_folder_is_a_file(tmp_path):
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")

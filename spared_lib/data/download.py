@@ -490,18 +490,42 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, *, unpack: str 
     want = _expected_hash(sha256)
     lock = _lock(dest, url)
     try:
-        with lock.acquire(timeout=LOCK_TIMEOUT_S):
-            ok, why, expected = _cached_ok(dest, want)
-            if not ok:
-                _download_any(url, fallback_url, dest, expected, timeout, progress, why)
-            _unpack_once(dest, unpack)
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
     except Timeout as err:
         raise DownloadError(f"another process has held the lock {lock.lock_file} for "
                             f"{LOCK_TIMEOUT_S:.0f} s while fetching {dest.name}; if no download is "
                             "running, delete that lock file and call again") from err
-    except OSError as err:  # the lock file itself could not be created (read-only folder)
+    except OSError as err:  # no lock file can be made: a read-only folder (e.g. a shared cache)
+        if _usable_without_writing(dest, want, unpack):
+            return dest
         raise _write_error(err, dest, url, None) from err
+    try:
+        ok, why, expected = _cached_ok(dest, want)
+        if not ok:
+            _download_any(url, fallback_url, dest, expected, timeout, progress, why)
+        _unpack_once(dest, unpack)
+    finally:
+        lock.release()
     return dest
+
+
+def _usable_without_writing(dest: Path, want: str | None, unpack: str | None) -> bool:
+    """Whether a cached file in a folder we cannot write to passes its check as it is (nothing
+    is recorded or unpacked there)."""
+    from .checks import DataFileError
+
+    if not dest.is_file() or (unpack and not dest.with_name(f".{dest.name}.unpacked").exists()):
+        return False
+    if want is not None:
+        return sha256sum(dest) == want
+    recorded = _read_record(dest)
+    if recorded is not None:
+        return sha256sum(dest) == recorded
+    try:
+        check_format(dest)
+    except DataFileError:
+        return False
+    return True
 
 
 def _download_any(url, fallback_url, dest, want, timeout, progress, why: str) -> None:
