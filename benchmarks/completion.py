@@ -341,11 +341,12 @@ def run_timing(args, log, default_opts) -> dict:
 
 
 # --------------------------------------------------------------------------- main
-def main(argv=None):
+OPTIONS = ("train_input", "loss", "centre", "inference")
+
+
+def parse_args(argv=None):
     import torch
 
-    from spared_lib import resources
-    from spared_lib.completion import train as spackle_train
     from spared_lib.engine import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,10 +372,62 @@ def main(argv=None):
         args.schedule = name
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.command = " ".join(shlex.quote(a) for a in ["nice", ".venv/bin/python", "benchmarks/completion.py",
+                                                       *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def study_part(args, log, results: dict) -> dict:
+    """Run the study, print its summary, store it in ``results``; return the winner's options."""
+    from spared_lib import resources
+
+    study = run_study(args, log)
+    summary = study_summary(study)
+    best = winner(study)
+    print("\nTraining-input study: mean completion MSE on hidden observed entries "
+          "(validation spots choose, test spots reported)")
+    print(summary.round(4).to_string(index=False))
+    print(f"winner on validation: {best}")
+    results["study"] = dict(provenance=resources.provenance(args.command), schedule=args.schedule,
+                            datasets=list(args.study_datasets), seeds=list(args.seeds),
+                            fractions=list(args.study_fractions), runs=study, summary=summary, winner=best)
+    return {k: best[k] for k in OPTIONS}
+
+
+def table_part(args, log, results: dict, previous: dict, options: dict) -> None:
+    """Run the table with SpaCKLE ``options``, keep other schedules' rows, print the averages."""
+    from spared_lib import resources
+
+    runs, info = run_table(args, log, options)
+    keep = [r for r in previous.get("table_runs", []) if r["schedule"] != args.schedule]
+    runs = pd.concat([pd.DataFrame(keep), runs], ignore_index=True) if keep else runs
+    red = reductions(runs)
+    results.update(table_provenance=resources.provenance(args.command), table=table_summary(runs),
+                   table_runs=runs, reductions=red, averages=averages(red),
+                   datasets=[i for i in previous.get("datasets", []) if i["schedule"] != args.schedule] + info,
+                   spackle_options=options)
+    pd.set_option("display.width", 220)
+    pd.set_option("display.max_columns", 30)
+    print("\nCompletion on hidden observed entries of the test spots (mean over seeds)")
+    print(red.round(4).to_string(index=False))
+    for sched, a in results["averages"].items():
+        print(f"\n[{sched}] SpaCKLE lowers the median's MSE by "
+              f"{a['reduction_vs_median_at_paper_fraction_%']:.1f} % at {PAPER_FRACTION:.0%} masking "
+              f"(paper: 82.5 %; goal 85 %) and by {a['reduction_vs_median_all_fractions_%']:.1f} % over "
+              f"10-70 %; behind the median in {len(a['cells_behind_median'])} dataset x fraction cells; "
+              f"the train mean's by {a['reduction_vs_train_mean_all_fractions_%']:.1f} %, "
+              f"SME's by {a['reduction_vs_sme_all_fractions_%']:.1f} %")
+
+
+def main(argv=None):
+    import torch
+
+    from spared_lib import resources
+    from spared_lib.completion import train as spackle_train
+
+    args = parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     t_start = time.perf_counter()
-    command = " ".join(shlex.quote(a) for a in ["nice", ".venv/bin/python", "benchmarks/completion.py",
-                                                  *(sys.argv[1:] if argv is None else argv)])
 
     def log(msg):
         print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
@@ -385,62 +438,32 @@ def main(argv=None):
         previous = resources.load_result(RESULTS)["results"]
     except FileNotFoundError:
         previous = {}
-    results = dict(previous)
-    results.setdefault("runs", {})
-    part_times = {}
-
-    default_opts = None
+    results = {**previous, "runs": dict(previous.get("runs", {}))}
+    # the library default is the committed study's winner; a fresh study decides for this run
+    options = {k: spackle_train.train_spackle.__kwdefaults__[k] for k in OPTIONS}
+    times = {}
     if "study" in args.parts:
         t0 = time.perf_counter()
-        study = run_study(args, log)
-        summary = study_summary(study)
-        best = winner(study)
-        part_times["study_s"] = time.perf_counter() - t0
-        print("\nTraining-input study: mean completion MSE on hidden observed entries "
-              "(validation spots choose, test spots reported)")
-        print(summary.round(4).to_string(index=False))
-        print(f"winner on validation: {best}")
-        results["study"] = dict(provenance=resources.provenance(command), schedule=args.schedule,
-                                datasets=list(args.study_datasets), seeds=list(args.seeds),
-                                fractions=list(args.study_fractions), runs=study, summary=summary, winner=best)
-        default_opts = {k: best[k] for k in ("train_input", "loss", "centre", "inference")}
-    library = {k: spackle_train.train_spackle.__kwdefaults__[k] for k in ("train_input", "loss", "centre", "inference")}
-    if default_opts is not None and default_opts != library:
-        log(f"note: the study's winner {default_opts} differs from the library default {library}; "
-            "the table uses the winner")
+        won = study_part(args, log, results)
+        times["study_s"] = time.perf_counter() - t0
+        if won != options:
+            log(f"note: the study's winner {won} differs from the library default {options}; the table uses it")
+        options = won
     if "table" in args.parts:
         t0 = time.perf_counter()
-        runs, info = run_table(args, log, default_opts or library)
-        part_times["table_s"] = time.perf_counter() - t0
-        keep = [r for r in previous.get("table_runs", []) if r["schedule"] != args.schedule]
-        runs = pd.concat([pd.DataFrame(keep), runs], ignore_index=True) if keep else runs
-        red = reductions(runs)
-        results.update(table_provenance=resources.provenance(command), table=table_summary(runs),
-                       table_runs=runs, reductions=red, averages=averages(red),
-                       datasets=[i for i in previous.get("datasets", []) if i["schedule"] != args.schedule] + info,
-                       spackle_options=default_opts or library)
-        pd.set_option("display.width", 220)
-        pd.set_option("display.max_columns", 30)
-        print("\nCompletion on hidden observed entries of the test spots (mean over seeds)")
-        print(red.round(4).to_string(index=False))
-        for sched, a in results["averages"].items():
-            print(f"\n[{sched}] SpaCKLE lowers the median's MSE by "
-                  f"{a['reduction_vs_median_at_paper_fraction_%']:.1f} % at {PAPER_FRACTION:.0%} masking "
-                  f"(paper: 82.5 %; goal 85 %) and by {a['reduction_vs_median_all_fractions_%']:.1f} % over "
-                  f"10-70 %; behind the median in {len(a['cells_behind_median'])} dataset x fraction cells; "
-                  f"SME's MSE by {a['reduction_vs_sme_all_fractions_%']:.1f} %")
+        table_part(args, log, results, previous, options)
+        times["table_s"] = time.perf_counter() - t0
     if "timing" in args.parts:
         t0 = time.perf_counter()
-        results["timing"] = dict(run_timing(args, log, default_opts or library),
-                                 provenance=resources.provenance(command))
-        part_times["timing_s"] = time.perf_counter() - t0
+        results["timing"] = dict(run_timing(args, log, options), provenance=resources.provenance(args.command))
+        times["timing_s"] = time.perf_counter() - t0
     results["runs"][args.schedule] = dict(schedule=SCHEDULES[args.schedule], parts=list(args.parts),
                                           seeds=list(args.seeds), device=args.device,
                                           threads=torch.get_num_threads(),
-                                          wall_s=time.perf_counter() - t_start, **part_times)
-    log(f"done in {time.perf_counter() - t_start:.0f} s ({part_times})")
+                                          wall_s=time.perf_counter() - t_start, **times)
+    log(f"done in {time.perf_counter() - t_start:.0f} s ({times})")
     if not args.no_save:
-        path = resources.save_result(RESULTS, results, command=command)
+        path = resources.save_result(RESULTS, results, command=args.command)
         log(f"wrote {path}")
 
 

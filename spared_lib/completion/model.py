@@ -21,8 +21,15 @@ class SpaCKLE(nn.Module):
     ----------
     n_genes
         Number of genes G (32 or 128 in SpaRED).
-    d_model, n_layers, n_heads, dim_feedforward, dropout
-        Transformer size; the defaults are the original's (128, 2, 1, 2048, 0.1).
+    d_model
+        Token width inside the encoder: 128, the paper's "fixed transformer dimension d_k = 128".
+        The original code uses the number of genes instead (BCV-Uniandes/SpaRED
+        ``spared/spared/spackle/model.py``: ``GeneImputationModel`` sets
+        ``self.transformer_dim = data_input_size``, i.e. 32 for most SpaRED datasets, and its
+        ``L_in``/``L_out`` then map G to G); we keep the paper's.
+    n_layers, n_heads, dim_feedforward, dropout
+        The original's 2 layers, 1 head, feed-forward 2048 and dropout 0.1 (PyTorch's
+        ``TransformerEncoderLayer`` defaults, which the original does not change).
 
     Notes
     -----

@@ -150,6 +150,9 @@ def training_input_study(summary: pd.DataFrame, *, data_label: str | None = None
         base = summary.loc[summary["variant"] == name, split]
         if len(base):
             ax.axvline(float(base.iloc[0]), color=colour, linestyle="--", linewidth=1, label=name)
+    values = pd.concat([df[split], summary[split]]).astype(float)
+    if values.max() > 20 * values.min():  # raw inputs after a short schedule sit far above the rest
+        ax.set_xscale("log")
     ax.set(xlabel=f"completion MSE, {split} spots (mean over datasets, fractions, seeds)", ylabel="",
            title=_title("What SpaCKLE sees in training", label))
     ax.legend(fontsize=8, frameon=False, loc="lower right")
