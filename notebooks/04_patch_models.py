@@ -399,7 +399,7 @@ tta.round(4)
 #
 # - A patch model is a torchvision backbone plus a linear layer to the genes; `build_model` builds
 #   all four benchmark patch models, with ImageNet weights (`pretrained="imagenet"`), one of our own
-#   checkpoints (a path) or random initialisation (`None`), always saying which.
+#   checkpoints (a path) or random initialisation (`None`), and logs which (INFO, `spared_lib.models`).
 # - Every non-Δ model's output bias starts at the training mean of its target, as ST-Net's does;
 #   without it a model first spends its steps reaching the data's level.
 # - `fit` trains any registered model with the paper's protocol (fixed steps, best validation MSE

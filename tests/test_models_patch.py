@@ -120,7 +120,7 @@ def test_paper_size_parameter_counts_match_registry(name):
     assert isinstance(m.backbone, tv)
 
 
-def test_imagenet_weights_download_through_torch_hub(tmp_path, monkeypatch, capsys):
+def test_imagenet_weights_download_through_torch_hub(tmp_path, monkeypatch, caplog):
     """Without a mirror: torchvision's URL through torch hub (its cache, its hash-prefix check)."""
     import hashlib
 
@@ -134,8 +134,9 @@ def test_imagenet_weights_download_through_torch_hub(tmp_path, monkeypatch, caps
     monkeypatch.delenv(backbones.MIRROR_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     monkeypatch.setitem(backbones.IMAGENET_URLS, "shufflenet_v2_x0_5", path.as_uri())
-    m = build_model("shufflenet", 4, pretrained="imagenet")
-    assert "ImageNet weights from torchvision" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="spared_lib.models"):
+        m = build_model("shufflenet", 4, pretrained="imagenet")
+    assert "ImageNet weights from torchvision" in caplog.text
     assert (hub / "checkpoints" / path.name).is_file()  # cached where torch hub keeps weights
     assert torch.equal(m.backbone.conv1[0].weight, net.conv1[0].weight)
     with pytest.raises(ValueError, match="only for the paper-size"):

@@ -33,11 +33,14 @@ Where ImageNet weights come from (:func:`imagenet_state_dict`):
   (real keys and shapes, random values).
 
 Nothing falls back to random weights silently: an unreachable file is a
-:class:`WeightsUnavailableError` that says which file, from where, and what to do.
+:class:`WeightsUnavailableError` that says which file, from where, and what to do. Which weights a
+model got is logged at INFO on the ``spared_lib.models`` logger (``logging.basicConfig(level=logging.INFO)``
+shows it; the book keeps library logs at WARNING).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import urllib.error
@@ -48,6 +51,8 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+
+log = logging.getLogger("spared_lib.models")
 
 #: Environment variable holding a mirror's base URL for ImageNet weights (see the module docstring).
 MIRROR_ENV = "SPARED_WEIGHTS_URL"
@@ -338,7 +343,7 @@ def build_backbone(arch: str, pretrained: str | None = None, size: str = "paper"
         of width 128; DenseNet with 4 blocks of 2 layers); ShuffleNet and the ResNets stay as they are.
         Only architectures that are unchanged at ``'small'`` have ImageNet weights there.
     verbose
-        Print which weights were used.
+        Log which weights were used (INFO, logger ``spared_lib.models``).
     image_size
         Input side length; only the ViT fixes it (its position embedding).
 
@@ -390,5 +395,5 @@ def build_backbone(arch: str, pretrained: str | None = None, size: str = "paper"
     else:
         setattr(net, head_attr, nn.Identity())
     if verbose and not _on_meta(net):
-        print(f"{arch}{f' ({size})' if arch in _SMALL_ONLY else ''}: {source}")
+        log.info("%s%s: %s", arch, f" ({size})" if arch in _SMALL_ONLY else "", source)
     return net, int(feat_dim)

@@ -188,16 +188,22 @@ def build_configured(cls, name: str, n_genes: int, configs: dict, size: str, pre
                      extra: tuple = ()):
     """Shared builder of the configured models: ``cls(n_genes, **configs[size] | kw)``.
 
-    ``kw`` may override configuration keys and set ``extra`` constructor arguments; anything else
-    is a ``TypeError`` listing what is allowed. ``pretrained`` (``None``/``'imagenet'``/a path, see
+    ``kw`` may override configuration keys and set ``extra`` constructor arguments (and ``verbose``,
+    which every builder takes); anything else is a ``TypeError`` listing what is allowed. ``pretrained`` (``None``/``'imagenet'``/a path, see
     :func:`spared_lib.models.backbones.check_pretrained`) is passed to ``cls`` as ``'imagenet'`` or
     ``None``; a checkpoint path is loaded into the built model.
     """
     from .backbones import check_pretrained, load_checkpoint
 
+    import inspect
+
     if size not in configs:
         raise ValueError(f"{name}: size must be one of {sorted(configs)}, got {size!r}")
-    allowed = set(configs[size]) | set(extra)
+    kw = dict(kw)
+    verbose = kw.pop("verbose", True)  # every builder takes it; only models with a backbone log weights
+    if "verbose" in inspect.signature(cls).parameters:
+        kw["verbose"] = verbose
+    allowed = set(configs[size]) | set(extra) | {"verbose"}
     unknown = sorted(set(kw) - allowed)
     if unknown:
         raise TypeError(f"build({name!r}): unexpected keyword(s) {unknown}; allowed: {sorted(allowed)}")

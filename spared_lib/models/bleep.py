@@ -80,10 +80,10 @@ class BLEEP(SpotModel):
     optimizer = "adamw"
 
     def __init__(self, n_genes: int, *, backbone: str, projection_dim: int, dropout: float, temperature: float,
-                 top_k: int, image_px: int, pretrained=None):
+                 top_k: int, image_px: int, pretrained=None, verbose: bool = True):
         super().__init__()
         self.temperature, self.top_k, self.image_px = temperature, top_k, image_px
-        self.image_encoder = resnet_trunk(backbone, pretrained)
+        self.image_encoder = resnet_trunk(backbone, pretrained, verbose)
         self.image_projection = ProjectionHead(FEATURE_DIM[backbone], projection_dim, dropout)
         self.spot_projection = ProjectionHead(n_genes, projection_dim, dropout)
         self.register_buffer("db_target", torch.zeros(0, n_genes), persistent=False)

@@ -141,14 +141,15 @@ class EGGN(SpotModel):
 
     def __init__(self, n_genes: int, *, hidden: int, layers: int, k: int, exemplar_knn: int, radius: float,
                  cell_px: float, max_neighbors: int, score_dim: int, backbone: str, feature_px: int,
-                 pretrained=None, init_bias: str | None = "mean", max_spots: int | None = None):
+                 pretrained=None, init_bias: str | None = "mean", max_spots: int | None = None,
+                 verbose: bool = True):
         super().__init__()
         self.k, self.exemplar_knn, self.radius, self.max_neighbors = k, exemplar_knn, radius, max_neighbors
         self.cell_px, self.hidden, self.n_layers = cell_px, hidden, layers
         self.init_bias = check_init_bias(init_bias)
         self.max_spots = max_spots
         mdim = FEATURE_DIM[backbone]
-        self.encoder = FrozenEncoder(resnet_trunk(backbone, pretrained), feature_px)
+        self.encoder = FrozenEncoder(resnet_trunk(backbone, pretrained, verbose), feature_px)
         self.bank = ExemplarBank(n_genes, mdim)
         self.pre_win = nn.Linear(mdim, hidden, bias=False)
         self.pre_ex = nn.Linear(mdim + n_genes, hidden, bias=False)

@@ -262,14 +262,15 @@ class EGN(SpotModel):
 
     def __init__(self, n_genes: int, *, image_size: int, patch: int, dim: int, depth: int, heads: int,
                  dim_head: int, mlp_dim: int, bhead: int, bdim: int, bfre: int, player: int, k: int,
-                 backbone: str, feature_px: int, pretrained=None, init_bias: str | None = "mean"):
+                 backbone: str, feature_px: int, pretrained=None, init_bias: str | None = "mean",
+                 verbose: bool = True):
         super().__init__()
         self.init_bias = check_init_bias(init_bias)
         side = image_size // patch
         if image_size % patch or side != 8:
             raise ValueError("egn: the exemplar-bridging blocks need an 8 x 8 token grid (image_size = 8 * patch)")
         self.image_size, self.patch, self.k = image_size, patch, k
-        self.encoder = FrozenEncoder(resnet_trunk(backbone, pretrained), feature_px)
+        self.encoder = FrozenEncoder(resnet_trunk(backbone, pretrained, verbose), feature_px)
         mdim = FEATURE_DIM[backbone]
         self.bank = ExemplarBank(n_genes, mdim)
         self.to_patch = nn.Linear(3 * patch * patch, dim)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import build_backbone, check_pretrained, load_checkpoint
+from .backbones import build_backbone, check_pretrained, load_checkpoint, log
 from .base import SpotModel, check_init_bias
 
 _CONFIG = {
@@ -91,7 +91,7 @@ def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -
     Extra keywords override the table's settings (``uses_deltas``, ``test_time_augmentation``,
     ``optimizer``, ``zero_head``, ``init_bias``), e.g. to compare ST-Net with and without test-time
     averaging; ``image_size`` (default 224) sets the ViT's input size and ``verbose=False``
-    silences the weights message. ``pretrained``: ``None``, ``'imagenet'`` (the backbone's
+    silences the weights message (logged at INFO). ``pretrained``: ``None``, ``'imagenet'`` (the backbone's
     torchvision weights) or a path to a checkpoint of this model
     (:func:`spared_lib.models.backbones.load_checkpoint`).
 
@@ -117,5 +117,5 @@ def build(name: str, n_genes: int, pretrained=None, size: str = "paper", **kw) -
     if from_checkpoint:
         load_checkpoint(model, weights)
         if verbose:
-            print(f"{name} ({size}): checkpoint {weights}")
+            log.info("%s (%s): checkpoint %s", name, size, weights)
     return model

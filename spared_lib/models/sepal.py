@@ -197,6 +197,7 @@ def build(name: str, n_genes: int, pretrained=None, size: str = "paper", stage1=
     """
     if size not in CONFIGS:
         raise ValueError(f"sepal: size must be one of {sorted(CONFIGS)}, got {size!r}")
+    kw = {k: v for k, v in kw.items() if k != "verbose"}  # every builder takes it; the stage-1 ViT logs nothing here
     unknown = sorted(set(kw) - set(CONFIGS[size]))
     if unknown:
         raise TypeError(f"build('sepal'): unexpected keyword(s) {unknown}; allowed: {sorted(CONFIGS[size])} and stage1")
