@@ -1,5 +1,5 @@
 """Tests of spared_lib.preprocessing: each step against hand computations, plain loops written
-from SPEC §2, reference libraries (squidpy, pyComBat) and invariants."""
+from SPEC §2, reference libraries (squidpy, scanpy, pyComBat) and invariants."""
 from __future__ import annotations
 
 import warnings
@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-ad = pytest.importorskip("anndata")
-pp = pytest.importorskip("spared_lib.preprocessing")
-from spared_lib.data import gene_table, visium_array  # noqa: E402
+import anndata as ad
+
+from spared_lib import preprocessing as pp
+from spared_lib.data import gene_table, visium_array
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -285,24 +286,89 @@ def test_moran_matches_closed_form_and_ranks():
     assert out.var_names[0] == a.var_names[0]
 
 
+def test_moran_equals_squidpy_on_a_real_slide(fixtures):
+    """Our closed form against squidpy's ``spatial_autocorr`` (the original's call) on real data."""
+    import squidpy as sq
+
+    from spared_lib.data import fixture_dataset, load_dataset
+
+    a = load_dataset(fixture_dataset("visium_mouse_cytassist"))
+    seen = np.asarray((a.X > 0).mean(0)).ravel()
+    a = a[:, np.flatnonzero(seen > 0.3)[:200]].copy()
+    X = np.log2(1 + a.X.toarray().astype(np.float64))
+    X[:, 0] = 1.0  # a constant gene: NaN on both sides
+    adj = pp.spatial_neighbors(a)
+    ours = pp.morans_i(X, adj)
+    names = [f"g{i}" for i in range(X.shape[1])]
+    tmp = ad.AnnData(X=X, var=pd.DataFrame(index=names))
+    tmp.obsp["w"] = sp.csr_matrix(adj, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sq.gr.spatial_autocorr(tmp, connectivity_key="w", genes=names, mode="moran", n_perms=None,
+                                     copy=True, show_progress_bar=False)["I"].reindex(names).to_numpy()
+    assert np.isnan(ours[0]) and np.isnan(ref[0])
+    np.testing.assert_allclose(ours[1:], ref[1:], rtol=0, atol=1e-12)
+    assert ref[1:].std() > 0.05  # real spatial structure: the values differ between genes
+
+
+def test_csr_blocks_and_dense_counts():
+    rng = np.random.default_rng(4)
+    X = sp.random(300, 40, density=0.2, format="csr", random_state=5, dtype=np.float32)
+    X.data = np.round(X.data * 10)
+    X[7] = 0  # an empty row
+    X.eliminate_zeros()
+    blocks = list(pp.filters.csr_blocks(X, step=50))
+    assert len(blocks) > 5 and blocks[0][0] == 0
+    np.testing.assert_array_equal(sp.vstack([b for _, b in blocks]).toarray(), X.toarray())
+    spots = np.sort(rng.choice(300, 250, replace=False))
+    genes = rng.permutation(40)[:17]
+    np.testing.assert_array_equal(pp.dense_counts(X, spots, genes), X.toarray()[spots][:, genes])
+    with pytest.raises(ValueError, match="increasing"):
+        pp.dense_counts(X, spots[::-1], genes)
+
+
+def test_adaptive_median_large_neighbourhoods_use_wide_counts():
+    """8 hops on a square grid reach 289 spots: more than a uint8 zero count can hold."""
+    r, c = np.meshgrid(np.arange(19), np.arange(19), indexing="ij")
+    obs = pd.DataFrame({"array_row": r.ravel(), "array_col": c.ravel(), "slide_id": "a"})
+    obs.index = obs.index.astype(str)
+    rng = np.random.default_rng(6)
+    X = rng.random((361, 3)) * (rng.random((361, 3)) > 0.7)  # mostly zeros: far hops are reached
+    a = ad.AnnData(obs=obs, obsm={"spatial": np.c_[c.ravel(), r.ravel()] * 300.0}, layers={"x": X})
+    pp.adaptive_median(a, from_layer="x", to_layer="d", grid="square", method="lattice", n_hops=8)
+    pos = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(r.ravel(), c.ravel()))}
+    nbrs = [[pos[(i + di, j + dj)] for di in (-1, 0, 1) for dj in (-1, 0, 1)
+             if (di or dj) and (i + di, j + dj) in pos] for i, j in zip(r.ravel(), c.ravel())]
+    ref = adaptive_median_loop(X, np.array(["a"] * 361), None, n_hops=8, nbr_lists={"a": nbrs})
+    np.testing.assert_array_equal(a.layers["d"], ref)
+
+
 # --------------------------------------------------------------------------- ComBat, Δ, mask
-def test_combat_agrees_with_pycombat():
-    pycombat = pytest.importorskip("combat.pycombat", reason="pyComBat (dev extra 'combat') not installed").pycombat
-    rng = np.random.default_rng(0)
+def batch_data(seed=0):
+    """Three batches with different shifts and scales of the same 30 genes."""
+    rng = np.random.default_rng(seed)
     b = np.repeat(["a", "b", "c"], 200)
     shift = np.select([b == "a", b == "b"], [0.0, 1.5], -1.0)
     scale = np.select([b == "a", b == "b"], [1.0, 1.3], 0.8)
     X = 5 + rng.uniform(0.5, 2, 30) * (rng.normal(size=(600, 30)) * scale[:, None] + shift[:, None])
+    return X, b
+
+
+def scanpy_combat(X, b):
+    import scanpy as sc
+
+    tmp = ad.AnnData(X=X.copy(), obs=pd.DataFrame({"batch": pd.Categorical(b)}, index=np.arange(len(X)).astype(str)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(sc.pp.combat(tmp, key="batch", inplace=False))
+
+
+def test_combat_equals_scanpy_removes_batch_means_and_ignores_gene_order():
+    X, b = batch_data()
     a = ad.AnnData(obs=pd.DataFrame({"batch": b}, index=np.arange(600).astype(str)), layers={"log1p": X})
     pp.combat(a, batch_key="batch")
     ours = a.layers["c_log1p"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = pycombat(pd.DataFrame(X.T), list(b), par_prior=True).T.to_numpy()
-    moved = np.abs(X - ref).max()
-    # Same parametric model; pyComBat uses ddof=0 variances and, in its iterative solver, the
-    # first gene's additive effect for every gene's variance update, so agreement is close, not exact.
-    assert np.abs(ours - ref).max() < 0.02 * moved
+    np.testing.assert_allclose(ours, scanpy_combat(X, b), rtol=0, atol=1e-10)
     batch_means = pd.DataFrame(ours).groupby(b).mean()
     assert batch_means.std().max() < 0.2 < pd.DataFrame(X).groupby(b).mean().std().max()
     # each gene's correction must not depend on the other genes' order (pyComBat's does)
@@ -310,6 +376,33 @@ def test_combat_agrees_with_pycombat():
     np.testing.assert_allclose(rev, ours, atol=1e-10)
     one = ad.AnnData(obs=pd.DataFrame({"batch": ["a"] * 5}, index=list("abcde")), layers={"log1p": X[:5]})
     np.testing.assert_array_equal(pp.combat(one, batch_key="batch").layers["c_log1p"], X[:5])
+    with pytest.raises(ValueError, match="single spot"):
+        pp.combat_array(X[:201], b[:201])
+
+
+def test_combat_equals_scanpy_on_real_slides(fixtures):
+    """Every ComBat the pipeline runs on the real her2st sections (log1p and d_log1p, 28 slides,
+    batches = patients) equals scanpy's to 1e-10."""
+    from spared_lib.data import fixture_dataset, load_dataset
+
+    out = pp.preprocess(load_dataset(fixture_dataset("her2st"), load_images=False), dtype=np.float64, n_genes=32)
+    batches = out.obs[out.uns["preprocessing"]["config"]["combat_key"]].to_numpy()
+    assert len(set(batches)) > 2
+    for src in ("log1p", "d_log1p"):
+        np.testing.assert_allclose(out.layers[f"c_{src}"], scanpy_combat(out.layers[src], batches), rtol=0, atol=1e-10)
+
+
+def test_combat_close_to_pycombat():
+    pycombat = pytest.importorskip("combat.pycombat", reason="pyComBat (dev extra 'combat') not installed").pycombat
+    X, b = batch_data()
+    ours = pp.combat_array(X, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pycombat(pd.DataFrame(X.T), list(b), par_prior=True).T.to_numpy()
+    moved = np.abs(X - ref).max()
+    # Same parametric model; pyComBat uses ddof=0 variances and, in its iterative solver, the
+    # first gene's additive effect for every gene's variance update, so agreement is close, not exact.
+    assert np.abs(ours - ref).max() < 0.02 * moved
 
 
 def test_deltas_use_train_spots_only():

@@ -1,13 +1,13 @@
 """Tests of spot patches (crop, border mirroring, 16-bit scaling, memmap) and the dihedral TTA helper."""
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-ad = pytest.importorskip("anndata")
-torch = pytest.importorskip("torch")
-pp = pytest.importorskip("spared_lib.preprocessing")
+from spared_lib import preprocessing as pp
 
 
 def image_adata(img, centres, diameter, path=None, hires=None):

@@ -9,6 +9,19 @@ import numpy as np
 from ._common import get_layer, require_obs
 
 
+def deltas_array(X: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(X - mean, mean)``: each gene's mean over the rows where ``train`` is True, and the
+    deviations from it (Δ). Only train rows enter the mean, so nothing of val/test leaks in.
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    train = np.asarray(train, dtype=bool)
+    if not train.any():
+        raise ValueError("deltas: no train spot (Δ is the deviation from the train-split mean)")
+    mean = X[train].mean(axis=0)
+    return X - mean, mean
+
+
 def deltas(adata, from_layer: str = "log1p", to_layer: str = "deltas", split: str = "train"):
     """``layers[to_layer]`` = ``layers[from_layer]`` minus each gene's mean over the spots with
     ``obs['split'] == split`` (train only: no information from val/test leaks into Δ). The means
@@ -20,10 +33,7 @@ def deltas(adata, from_layer: str = "log1p", to_layer: str = "deltas", split: st
     train = (adata.obs["split"] == split).to_numpy()
     if not train.any():
         raise ValueError(f"deltas: no spot has obs['split'] == {split!r}")
-    X = get_layer(adata, from_layer)
-    mean = X[train].mean(axis=0)
-    adata.var[f"{from_layer}_avg_exp"] = mean
-    adata.layers[to_layer] = X - mean
+    adata.layers[to_layer], adata.var[f"{from_layer}_avg_exp"] = deltas_array(get_layer(adata, from_layer), train)
     return adata
 
 

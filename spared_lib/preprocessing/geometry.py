@@ -24,6 +24,9 @@ DEFAULT_RADIUS = {"hex": 2.1, "square": 2.3}
 #: hex ring is at 1 spacing (the second at sqrt(3)); the square array's diagonal at sqrt(2).
 RING = {"hex": (6, 1.2), "square": (8, 1.5)}
 
+#: Neighbours per spot in the original's squidpy graph: 6-NN on Visium, the 8-neighbour grid on ST.
+ORIGINAL_NEIGHBOURS = {"hex": 6, "square": 8}
+
 
 # --------------------------------------------------------------------------- slides
 def slide_codes(adata) -> tuple[np.ndarray, np.ndarray]:
@@ -221,24 +224,40 @@ def _quiet_squidpy():
             lg.setLevel(lv)
 
 
+def _import_squidpy():
+    """squidpy, imported with docrep's SyntaxWarnings silenced.
+
+    squidpy's docstring templates name parameters that docrep cannot find, and docrep reports
+    each as a ``SyntaxWarning`` from ``docrep.decorators`` on the first import (a dozen lines on
+    top of a notebook cell). Only that category from that module is ignored, only here.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=SyntaxWarning, module=r"docrep(\.|$)")
+        import squidpy
+
+    return squidpy
+
+
 def _squidpy_graph(coords: np.ndarray, grid: str) -> sp.csr_matrix:
     """The graph the original builds with squidpy: 6-NN on pixel coordinates for hex (Visium)
     data; squidpy's grid mode with 8 neighbours for square (legacy ST) data."""
     import anndata as ad
-    import squidpy as sq
 
+    sq = _import_squidpy()
     tmp = ad.AnnData(obs={"i": np.arange(len(coords))}, obsm={"spatial": np.asarray(coords, dtype=np.float64)})
     knn = getattr(sq.gr, "spatial_neighbors_knn", None)
     with _quiet_squidpy():
         if knn is not None:  # squidpy >= 1.7: the mode-specific functions
             if grid == "hex":
-                res = sq.gr.spatial_neighbors_knn(tmp, n_neighs=6, copy=True)
+                res = sq.gr.spatial_neighbors_knn(tmp, n_neighs=ORIGINAL_NEIGHBOURS[grid], copy=True)
             else:
-                res = sq.gr.spatial_neighbors_grid(tmp, n_neighs=8, copy=True)
+                res = sq.gr.spatial_neighbors_grid(tmp, n_neighs=ORIGINAL_NEIGHBOURS[grid], copy=True)
             adj = res.connectivities
         else:
-            kw = dict(coord_type="generic", n_neighs=6) if grid == "hex" else dict(coord_type="grid", n_neighs=8)
-            adj, _ = sq.gr.spatial_neighbors(tmp, copy=True, **kw)
+            kw = dict(coord_type="generic") if grid == "hex" else dict(coord_type="grid")
+            adj, _ = sq.gr.spatial_neighbors(tmp, copy=True, n_neighs=ORIGINAL_NEIGHBOURS[grid], **kw)
     adj = sp.csr_matrix(adj)
     adj.setdiag(0)
     adj.eliminate_zeros()
@@ -283,22 +302,45 @@ def spatial_neighbors(adata, grid: str | None = None, method: str = "original") 
     grid = _grid_of(adata, grid)
     if method not in ("original", "lattice"):
         raise ValueError(f"method must be 'original' or 'lattice', got {method!r}")
-    if method == "original" and "spatial" not in adata.obsm:
-        raise KeyError("spatial_neighbors: adata.obsm['spatial'] (pixel coordinates) is missing")
-    if method == "lattice":
+    if method == "original":
+        positions = _coords(adata, "spatial_neighbors")
+    else:
         for c in ("array_row", "array_col"):
             if c not in adata.obs:
                 raise KeyError(f"spatial_neighbors(method='lattice'): adata.obs[{c!r}] is missing")
-    n = adata.n_obs
+        positions = adata.obs[["array_row", "array_col"]].to_numpy()
+    codes, names = slide_codes(adata)
+    return spot_graph(positions, codes, names, grid, method)
+
+
+def spot_graph(positions: np.ndarray, codes: np.ndarray, names, grid: str = "hex",
+               method: str = "original") -> sp.csr_matrix:
+    """:func:`spatial_neighbors` on arrays: ``positions`` are pixel coordinates (``'original'``)
+    or ``(array_row, array_col)`` (``'lattice'``), ``codes``/``names`` from :func:`slide_codes`.
+
+    Raises ``ValueError`` naming the slide when one is too small for the original graph (each
+    spot linked to its 6, or on a square grid 8, nearest spots needs that many more).
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    n = len(codes)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     rows, cols = [], []
-    for _, idx in slide_groups(adata):
+    for s in range(len(names)):  # slides: a handful of iterations
+        idx = order[bounds[s]:bounds[s + 1]]
+        if method == "original" and 0 < idx.size <= ORIGINAL_NEIGHBOURS[grid]:
+            raise ValueError(
+                f"slide {names[s]!r} has {idx.size} spot(s): SpaRED's neighbour graph links each spot to "
+                f"its {ORIGINAL_NEIGHBOURS[grid]} nearest spots of the slide, so a slide needs at least "
+                f"{ORIGINAL_NEIGHBOURS[grid] + 1}. Drop the slide, or use method='lattice' (adjacent array "
+                "positions only)")
         if idx.size < 2:
             continue
         if method == "original":
-            g = _squidpy_graph(adata.obsm["spatial"][idx], grid).tocoo()
+            g = _squidpy_graph(positions[idx], grid).tocoo()
         else:
-            g = _lattice_graph(adata.obs["array_row"].to_numpy()[idx],
-                               adata.obs["array_col"].to_numpy()[idx], grid).tocoo()
+            g = _lattice_graph(positions[idx, 0], positions[idx, 1], grid).tocoo()
         rows.append(idx[g.row])
         cols.append(idx[g.col])
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)

@@ -33,9 +33,8 @@ def tpm_array(counts, lengths: np.ndarray, return_scale: bool = False):
     C = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
     out = C / np.asarray(lengths, dtype=np.float64)[None, :]
     scale = out.sum(axis=1, keepdims=True) / 1e6
-    with np.errstate(invalid="ignore", divide="ignore"):
-        np.divide(out, scale, out=out)
-    out = np.nan_to_num(out, copy=False)
+    # a spot without counts keeps its zeros (0 / 0 would be NaN)
+    np.divide(out, scale, out=out, where=scale > 0)
     return (out, scale) if return_scale else out
 
 
@@ -43,9 +42,8 @@ def tpm_subset(counts, lengths: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """TPM of some genes given the per-spot divisor from :func:`tpm_array` on all genes."""
     C = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
     out = C / np.asarray(lengths, dtype=np.float64)[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        np.divide(out, scale, out=out)
-    return np.nan_to_num(out, copy=False)
+    np.divide(out, scale, out=out, where=scale > 0)
+    return out
 
 
 def log1p_array(X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
