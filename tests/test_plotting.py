@@ -277,3 +277,17 @@ def test_metric_vs_params_points_labels_and_spearman():
     np.testing.assert_allclose(ax.collections[0].get_offsets(), table[["n_params", "MSE"]].to_numpy())
     assert [t.get_text() for t in ax.texts] == ["ST-Net", "BLEEP", "ViT-B", "custom"]
     assert "ρ = -0.80" in ax.get_title() and ax.get_xscale() == "log"
+
+
+def test_labels_of_nearby_points_do_not_overlap():
+    """ViT-B and ViT-B+Δ have the same size and nearly the same error (the paper's Fig. 4b):
+    their labels must still be readable."""
+    table = pd.DataFrame({"MSE": [1.05, 1.052, 1.06, 1.10, 1.09], "n_params": [8.6e7, 8.6e7, 8.62e7, 1.3e8, 7e6]},
+                         index=["vit_b", "vit_b_delta", "sepal", "egn", "stnet"])
+    fig = plotting.plot_metric_vs_params(table, data_label="toy")
+    assert not overlaps(fig), overlaps(fig)
+    ax = fig.axes[0]
+    frame = ax.get_window_extent()
+    for t in ax.texts:  # every label inside the axes, next to its own point
+        box = t.get_window_extent()
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, t.get_text()

@@ -125,3 +125,53 @@ def _colorbar(mappable, ax, label: str, **kw):
     bar = fig.colorbar(mappable, ax=ax, **kw)
     bar.set_label(label)
     return bar
+
+
+# Where a point's label may go, in points from the point: right, above, left, below, diagonals.
+_LABEL_OFFSETS = [(5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "bottom"),
+                  (-5, -3, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"),
+                  (12, 10, "left", "bottom"), (-12, -10, "right", "top"), (12, -10, "left", "top"),
+                  (-12, 10, "right", "bottom"), (0, 16, "center", "bottom"), (0, -16, "center", "top"),
+                  (20, 18, "left", "bottom"), (-20, -18, "right", "top"), (20, -18, "left", "top"),
+                  (-20, 18, "right", "bottom"), (30, 0, "left", "center"), (-30, 0, "right", "center")]
+
+
+def _label_points(ax, x, y, labels, colors=None, fontsize=8, marker_px=5.0):
+    """Write ``labels`` beside the points ``(x, y)`` without writing one over another.
+
+    Each label takes the first of a few positions around its point whose box stays inside the
+    axes and overlaps no label placed before it and no other point (measured on the drawn figure);
+    a label with no free position keeps the first.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()  # positions in pixels need the final layout and scales
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    centres = ax.transData.transform(np.column_stack([x, y]))
+    points = [Bbox.from_extents(cx - marker_px, cy - marker_px, cx + marker_px, cy + marker_px) for cx, cy in centres]
+    placed, texts = [], []
+    for i, (xi, yi, label) in enumerate(zip(x, y, labels)):  # one label per model (a handful)
+        colour = colors[i] if colors is not None else "k"
+        obstacles = placed + [b for j, b in enumerate(points) if j != i]
+        chosen = None
+        for dx, dy, ha, va in _LABEL_OFFSETS:
+            # a label set further off gets a thin line to its point
+            arrow = dict(arrowstyle="-", color=colour, lw=0.5, shrinkA=0, shrinkB=3) if abs(dx) + abs(dy) > 20 else None
+            t = ax.annotate(str(label), (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                            fontsize=fontsize, color=colour, arrowprops=arrow)
+            box = t.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in obstacles):
+                chosen = (t, box)
+                break
+            t.remove()
+        if chosen is None:  # crowded: keep the default position
+            dx, dy, ha, va = _LABEL_OFFSETS[0]
+            t = ax.annotate(str(label), (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                            fontsize=fontsize, color=colour)
+            chosen = (t, t.get_window_extent(renderer))
+        texts.append(chosen[0])
+        placed.append(chosen[1])
+    return texts

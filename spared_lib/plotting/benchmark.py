@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import _ax, _data_label, _title
+from ._common import _ax, _data_label, _label_points, _title
 
 #: Colours of the two training scenarios in Fig. 1b (the paper: red raw, blue completed).
 TARGET_COLORS = {"raw": "#d62728", "completed": "#1f77b4", "published": "#555555"}
@@ -176,18 +176,17 @@ def plot_metric_vs_params(table: pd.DataFrame, *, data_label: str | None = None,
     fig, ax = _ax(ax, (4.8, 3.6))
     colors = sns.color_palette("tab10", len(table))
     ax.scatter(table[params], table[metric], c=colors, s=45, zorder=2)
-    for (name, row), col in zip(table.iterrows(), colors):  # one label per model (at most ten)
-        ax.annotate(_label(name), (row[params], row[metric]), xytext=(4, 3), textcoords="offset points",
-                    fontsize=8, color=col)
     ax.set_xscale("log")
-    # Room on the right for the last model's label.
+    # Room on both sides for the labels of the first and last models.
     lo, hi = ax.get_xlim()
-    ax.set_xlim(lo, hi * 3)
+    ax.set_xlim(lo / 2, hi * 3)
     rho = table[[params, metric]].corr(method="spearman").iloc[0, 1] if len(table) > 2 else np.nan
-    rho_txt = f" (Spearman ρ = {rho:.2f})" if np.isfinite(rho) else ""
+    rho_txt = f"Spearman ρ = {rho:.2f}" if np.isfinite(rho) else ""
     ax.set(xlabel="trainable parameters" if params == "n_params" else f"parameters ({params})",
            ylabel=ylabel or metric,
-           title=_title((title or f"{metric} vs model size") + rho_txt, label, note))
+           title=_title(title or f"{metric} vs model size", label, "; ".join(t for t in (rho_txt, note) if t)))
+    # Models of similar size and error sit close together: labels go where they overlap no other.
+    _label_points(ax, table[params].to_numpy(), table[metric].to_numpy(), [_label(m) for m in table.index], colors)
     return fig
 
 
