@@ -70,7 +70,7 @@ def _truncate(path: Path, keep: float = 0.5):
 def _gz_text(path: Path, fn):
     with gzip.open(path, "rt") as f:
         text = f.read()
-    with gzip.open(path, "wt") as f:
+    with gzip.open(path, "wt", compresslevel=1) as f:  # fast: the edit is what matters
         f.write(fn(text))
 
 
@@ -454,7 +454,7 @@ def test_her2st_errors(fixtures, tmp_path, edit, bad_file, fragments):
     root = _her2st_copy(fixtures, tmp_path / "her2st")
     edit(root)
     with unchanged(root), raises_naming(DataFileError, root / bad_file, *fragments):
-        read_st(root, "C2")
+        read_st(root, "C2", load_images=bad_file == JPEG)  # decoding only where the image is the case
 
 
 def test_her2st_wrong_organism_says_how_many_matched(fixtures, tmp_path):

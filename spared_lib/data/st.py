@@ -82,6 +82,8 @@ def _read_counts(path: Path) -> tuple[pd.Index, pd.Index, sp.csr_matrix]:
     with reading(path, "the counts table (gzip TSV, spots x gene symbols)"):
         with gzip.open(path, "rb") as f:
             raw = f.read()
+        if not raw.partition(b"\n")[2].strip():  # (pandas takes many seconds on 15,000 empty columns)
+            raise DataFileError(path, "the count matrix is empty (a header line and no spots)")
         parsed = _plain_integer_table(raw)
         if parsed is None:
             counts = pd.read_csv(path, sep="\t", index_col=0, low_memory=False)
