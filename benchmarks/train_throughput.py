@@ -62,7 +62,7 @@ def _prepare(model, n_genes: int, device: str, size: int) -> None:
 
 def time_model(name: str, device: str, size: str, batch: int, steps: int, n_genes: int, image: int) -> dict:
     torch.manual_seed(0)
-    model = build_model(name, n_genes, size=size, verbose=False).to(device)
+    model = build_model(name, n_genes, pretrained=None, size=size).to(device)
     try:
         _prepare(model, n_genes, device, image)
     except Exception as err:  # a model whose prepare needs real data: time it unprepared, say so

@@ -308,7 +308,8 @@ def test_sepal_refines_the_vit_b_delta_run_of_the_same_settings(tmp_path):
     vit = table[table.model == "vit_b_delta"].set_index(["target", "stage", "lr"])
     for c in _sepal_calls(fit):
         target = "raw" if c["target_layer"] == "c_d_log1p" else "completed"
-        ckpt = Path(c["pretrained"])
+        ckpt = Path(c["model_kwargs"]["stage1"])
+        assert c["pretrained"] == "imagenet"
         assert ckpt.is_file() and f"/vit_b_delta/{target}/" in ckpt.as_posix()
         assert f"_lr{c['lr']:g}_seed{c['seed']}_steps{c['steps']}" in ckpt.as_posix()
     # every SEPAL call came after the ViT-B+Δ run it refines
@@ -397,3 +398,30 @@ def test_unknown_model_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="unknown model.*resnet"):
         run_benchmark(DATA, ["resnet"], "raw", tmp_path, fit_fn=FakeFit())
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_small_models_without_imagenet_weights_are_refused_early():
+    with pytest.raises(SystemExit, match="--pretrained none"):
+        kwargs_from_args(build_parser().parse_args(["--datasets", "x", "--models", "stnet", "--size", "small"]))
+    kw = kwargs_from_args(build_parser().parse_args(["--datasets", "x", "--models", "stnet", "--size", "small",
+                                                     "--pretrained", "none"]))
+    assert kw["pretrained"] is None and kw["batch_size"] == 256
+
+
+def test_grid_cost_by_hand():
+    from spared_lib.benchmark import GPU, grid_cost
+
+    memory = {"slide_spots": 100, "models": [
+        {"model": "shufflenet", "batching": "spot", "gflop_per_sample": 1.0, "weights_gb": 0.1, "fixed_gb": 0.2},
+        {"model": "histogene", "batching": "slide", "gflop_per_sample": 2.0, "weights_gb": 1.0, "fixed_gb": 2.0},
+        {"model": "hist2st", "batching": "slide", "gflop_per_sample": 3.0, "weights_gb": 4.0, "fixed_gb": 12.0}]}
+    gpu = GPU("test", memory_gb=15, tflops=1.0)
+    cost = grid_cost(memory, ["shufflenet", "histogene", "hist2st"], n_lrs=3, steps=600, batch_size=100, gpu=gpu)
+    # 600 steps x 100 patches x 1 GFLOP = 60 TFLOP at 1 TFLOP/s = 1 minute; 4 runs (3 search + completed)
+    assert cost.loc["shufflenet", "min_per_run"] == pytest.approx(1.0)
+    assert cost.loc["shufflenet", "runs"] == 4 and cost.loc["shufflenet", "hours"] == pytest.approx(4 / 60)
+    assert cost.loc["histogene", "min_per_run"] == pytest.approx(2.0)  # one slide of 100 spots per step
+    assert not cost.loc["hist2st", "fits"] and np.isnan(cost.loc["hist2st", "hours"])  # 16 GB > 15 GB
+    assert cost.loc["total", "hours"] == pytest.approx(4 / 60 + 8 / 60)
+    with pytest.raises(KeyError, match="train_memory"):
+        grid_cost(memory, ["vit_b"])

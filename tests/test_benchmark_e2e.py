@@ -78,3 +78,27 @@ def test_real_fit_end_to_end_and_resume(tiny, tmp_path):
     calls.clear()
     run_benchmark({"synthetic": (adata, patches)}, ["shufflenet"], out=tmp_path, fit_fn=counting_fit, **kw)
     assert calls == [] and len(ResultsStore(tmp_path / "results.csv")) == 3
+
+
+def test_train_mean_baseline_by_hand(tiny):
+    """The baseline row every results table carries: each gene's mean over all training entries,
+    scored on observed entries of the test split (validation where there is none)."""
+    from spared_lib.benchmark import TRAIN_MEAN, train_mean_metrics, train_mean_results
+    from spared_lib.metrics import compute_metrics
+
+    _, adata, _ = tiny
+    split = adata.obs["split"].to_numpy()
+    y, m = adata.layers["c_d_log1p"], adata.layers["mask"].astype(bool)
+    mean = y[split == "train"].mean(0)
+    test = split == "test"
+    want = compute_metrics(y[test], np.tile(mean, (test.sum(), 1)), m[test])
+    got = train_mean_metrics(adata, "c_d_log1p")
+    assert got["eval_split"] == "test" and got["MSE"] == pytest.approx(want["MSE"], rel=1e-6)
+    # the observed-entries mean would be a different (wrong) baseline for an all-entries loss
+    observed_mean = (y * m)[split == "train"].sum(0) / m[split == "train"].sum(0)
+    assert not np.allclose(observed_mean, mean)
+    rows = train_mean_results({"synthetic": (adata, None)}, "raw")
+    assert rows.model.tolist() == [TRAIN_MEAN] and rows.MSE.iloc[0] == pytest.approx(got["MSE"])
+    assert set(METRICS) <= set(rows.columns)
+    with pytest.raises(KeyError, match="c_t_log1p"):
+        train_mean_metrics(adata, "c_t_log1p")

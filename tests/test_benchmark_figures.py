@@ -131,3 +131,19 @@ def test_compare_with_published_only_shared_datasets(pub):
     cmp = compare_with_published(ours)
     assert len(cmp) == 1 and cmp.MSE_published.iloc[0] == 1.113 and cmp.PCC_published.iloc[0] == 0.2503
     assert compare_with_published(ours.iloc[1:]).empty
+
+
+def test_raw_vs_completed_figure_draws_models_and_the_baseline():
+    res = pd.DataFrame({"model": ["shufflenet", "shufflenet", "histogene", "histogene"],
+                        "target": ["raw", "completed"] * 2, "MSE": [1.0, 1.1, 1.2, 1.15]})
+    base = pd.DataFrame({"model": ["train_mean"] * 2, "target": ["raw", "completed"], "MSE": [1.3, 1.35]})
+    fig = pb.plot_raw_vs_completed(res, base, data_label="her2st_hne")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ShuffleNet", "HisToGene"]  # sorted by raw MSE
+    assert "her2st_hne" in ax.get_title()
+    xs = sorted(round(line.get_xdata()[0], 3) for line in ax.get_lines())  # the two dashed baselines
+    assert xs == [1.3, 1.35]
+    with pytest.raises(ValueError, match="data_label"):
+        pb.plot_raw_vs_completed(res)
+    with pytest.raises(ValueError, match="raw' or 'completed"):
+        pb.plot_raw_vs_completed(res.assign(target="published"), data_label="x")

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-steps", type=int, default=None, help="training steps of search runs (default --steps)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds of the final runs")
     p.add_argument("--size", choices=["paper", "small"], default="paper", help="model size (small: CPU tests)")
-    p.add_argument("--batch-size", type=int, default=None, help="effective batch (default: fit's, the paper's 256)")
+    p.add_argument("--batch-size", type=int, default=256, help="spots per optimiser step (default: the paper's 256)")
     p.add_argument("--micro-batch", type=_micro_batch, default="auto",
                    help="largest batch put through the model at once: 'auto' (default: chosen from the "
                         "device's free memory; the effective batch stays --batch-size), 'none', or a number")
@@ -129,6 +129,8 @@ def kwargs_from_args(args: argparse.Namespace) -> dict:
         seeds = [int(s) for s in _csv(args.seeds)]
     except ValueError as err:
         raise SystemExit(f"bad argument: {err} (--lr-grid is LOW:HIGH:N, --lrs and --seeds comma-separated)")
+    if args.size == "small" and args.pretrained == "imagenet":
+        raise SystemExit("--size small: the small models have no ImageNet weights; add --pretrained none")
     kw = dict(datasets=datasets, models=models, targets=targets, out=args.out, lrs=lrs, steps=args.steps,
               search_steps=args.search_steps, seeds=seeds, size=args.size, batch_size=args.batch_size,
               micro_batch_size=args.micro_batch, pretrained=args.pretrained, device=args.device,

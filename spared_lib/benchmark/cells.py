@@ -124,6 +124,15 @@ def slim_checkpoint(path) -> None:
     os.replace(tmp, path)
 
 
+def merge_kwargs(common: Mapping, own: Mapping) -> dict:
+    """``fit`` keywords of every cell updated by one cell's own; ``model_kwargs`` are merged (a
+    SEPAL cell adds its ``stage1`` to whatever model options the benchmark passes to all)."""
+    out = {**common, **own}
+    if "model_kwargs" in common and "model_kwargs" in own:
+        out["model_kwargs"] = {**(common["model_kwargs"] or {}), **(own["model_kwargs"] or {})}
+    return out
+
+
 def checkpoint_dir(cell: Cell, out_dir) -> str | None:
     """Where a cell's best checkpoint goes: ``<out>/checkpoints/<cell tag>``."""
     return None if out_dir is None else str(Path(out_dir) / "checkpoints" / cell.tag())
@@ -160,7 +169,7 @@ def run_cell(job: Job | Cell, adata, patches, fit_fn: Callable, fit_kwargs: Mapp
     try:
         result = fit_fn(cell.model, adata, target_layer=cell.target_layer, steps=cell.steps, lr=cell.lr,
                         patches=patches, seed=cell.seed, out_dir=checkpoint_dir(cell, out_dir),
-                        **{**fit_kwargs, **job.overrides})
+                        **merge_kwargs(fit_kwargs, job.overrides))
         row = result_row(cell, result, out_dir, job.stage1)
     except Exception as err:  # one broken model must not stop a 500-run benchmark
         warnings.warn(f"benchmark: {cell.tag()} failed: {type(err).__name__}: {err}")

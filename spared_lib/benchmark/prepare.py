@@ -17,8 +17,12 @@ import numpy as np
 
 
 def dataset_info(name: str, cache: Path, seed: int = 0, synthetic_kwargs: dict | None = None):
-    """Resolve a benchmark dataset name: ``synthetic``, a fixture of :data:`spared_lib.data.FIXTURES`,
-    a registry key or a folder (the last two go to :func:`spared_lib.data.load_dataset` as they are).
+    """Resolve a benchmark dataset name: ``synthetic``, a registry key, a fixture or a folder.
+
+    A name of :data:`spared_lib.data.FIXTURES` (e.g. ``her2st_hne``) reads the local copy in the
+    fixtures folder where there is one (the same files as the download); elsewhere (Colab) the
+    name goes to :func:`spared_lib.data.load_dataset` like any registry key or folder, which
+    downloads it.
 
     Defined in ``notebooks/06_benchmark.py``.
     """
@@ -28,7 +32,7 @@ def dataset_info(name: str, cache: Path, seed: int = 0, synthetic_kwargs: dict |
         kw = {"n_slides": 3, "n_spots": 600, "n_genes": 400, "n_prediction_genes": 32, "seed": seed,
               **(synthetic_kwargs or {})}
         return data.make_synthetic_dataset(cache / "raw", overwrite=True, **kw)
-    if name in data.FIXTURES:
+    if name in data.FIXTURES and data.fixtures_dir() is not None:
         return data.fixture_dataset(name)
     return name  # a registry key or a folder with dataset.json: load_dataset says what is wrong
 

@@ -231,8 +231,9 @@ class _Session:
 
 
 def stage1_overrides(checkpoint: str) -> dict:
-    """The ``fit`` keywords that give SEPAL its trained first stage (the ViT-B+Δ checkpoint)."""
-    return {"pretrained": checkpoint}
+    """The ``fit`` keywords that give SEPAL its trained first stage: the ViT-B+Δ checkpoint as
+    ``build_model('sepal', ..., stage1=<path>)`` (see :mod:`spared_lib.models.sepal`)."""
+    return {"model_kwargs": {"stage1": checkpoint}}
 
 
 def _stage1_failed_row(cell: Cell) -> dict:
@@ -289,7 +290,7 @@ def _reuse_row(table: pd.DataFrame, twin: Cell, cell: Cell) -> dict:
 def run_benchmark(datasets: Iterable[str] | Mapping[str, tuple], models: Sequence[str],
                   targets: str | Sequence[str] = ("raw", "completed"), out: str | os.PathLike = "results",
                   *, lrs: Sequence[float] | None = None, steps: int = 1000, search_steps: int | None = None,
-                  seeds: Sequence[int] = (0,), size: str = "paper", batch_size: int | None = None,
+                  seeds: Sequence[int] = (0,), size: str = "paper", batch_size: int = 256,
                   micro_batch_size: int | str | None = "auto", pretrained: Any = "imagenet",
                   device: str = "auto", search_target: str | None = "raw", keep_checkpoints: bool = False,
                   max_hours: float | None = None, backend: str = "sequential", ray_address: str | None = None,
@@ -319,7 +320,8 @@ def run_benchmark(datasets: Iterable[str] | Mapping[str, tuple], models: Sequenc
     seeds
         Seeds of the final runs; the search uses the first.
     size, batch_size, micro_batch_size, pretrained, device
-        Passed to :func:`spared_lib.training.fit`. ``pretrained='imagenet'`` (the paper's)
+        Passed to :func:`spared_lib.training.fit` (``batch_size``: spots per optimiser step, the
+        paper's 256; slide models take one slide per step). ``pretrained='imagenet'`` (the paper's)
         starts every backbone from its ImageNet weights; ``micro_batch_size='auto'`` keeps the
         effective batch and splits it into micro-batches that fit the device's free memory.
     search_target

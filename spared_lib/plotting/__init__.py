@@ -10,7 +10,7 @@ from ._common import EXPRESSION_UNIT, gene_index, gene_label, layer_unit  # noqa
 from .spatial import spatial_scatter, slide_image  # noqa: F401
 from .database import plot_database_overview, plot_gene_detection, plot_missing_fraction, plot_split_sizes  # noqa: F401
 from .benchmark import (plot_best_model_pie, plot_best_pcc, plot_metric_vs_params, plot_mse_vs_params,  # noqa: F401
-                        plot_normalised_mse)
+                        plot_normalised_mse, plot_raw_vs_completed)
 from .preprocessing import (plot_delta_distributions, plot_filter_curve, plot_moran_ranking,  # noqa: F401
                             plot_patch_gallery, plot_pca_by_slide, plot_value_distributions)
 from .training import plot_training_curves  # noqa: F401

@@ -224,3 +224,52 @@ def plot_mse_vs_params(results: pd.DataFrame, *, data_label: str | None = None, 
     return plot_metric_vs_params(table, data_label=label, ax=ax, metric="mean_norm", params="n_params",
                                  ylabel=f"mean normalised {metric}",
                                  title=f"{metric} vs model size ({target or 'results'})", note=note)
+
+
+def plot_raw_vs_completed(results: pd.DataFrame, baseline: pd.DataFrame | None = None, *,
+                          data_label: str | None = None, ax=None, metric: str = "MSE"):
+    """Each model's ``metric`` trained on raw and on SpaCKLE-completed data, beside the train mean.
+
+    One row of points per model (red raw, blue completed, joined by a grey segment, as in
+    Fig. 1b), and a dashed vertical line per target at the train-mean predictor's value
+    (:func:`spared_lib.benchmark.train_mean_results`), the floor a model must beat.
+
+    Parameters
+    ----------
+    results
+        One row per (model, target) of one dataset (``final_results``).
+    baseline
+        The train-mean rows (same columns); optional.
+    data_label
+        The data the runs trained on, for the title.
+    metric
+        A column of both tables (``MSE``, ``PCC-Gene``, ...).
+
+    Defined in ``notebooks/06_benchmark.py``.
+    """
+    label = _data_label(data_label, where="plot_raw_vs_completed")
+    missing = [c for c in ("model", "target", metric) if c not in results.columns]
+    if missing:
+        raise ValueError(f"plot_raw_vs_completed: the results lack column(s) {missing}")
+    wide = results.pivot_table(index="model", columns="target", values=metric)
+    targets = [t for t in ("raw", "completed") if t in wide.columns]
+    if not targets:
+        raise ValueError("plot_raw_vs_completed: no rows with target 'raw' or 'completed'")
+    wide = wide[targets].sort_values(targets[0])
+    y = np.arange(len(wide))
+    fig, ax = _ax(ax, (5.6, 0.45 * len(wide) + 1.9))
+    if len(targets) == 2:
+        ax.hlines(y, wide.min(axis=1), wide.max(axis=1), color="0.75", lw=1.5, zorder=1)
+    for t in targets:
+        ax.scatter(wide[t], y, color=TARGET_COLORS[t], s=32, zorder=2, label=f"trained on {t}")
+    if baseline is not None and len(baseline):
+        base = baseline.groupby("target")[metric].mean()
+        for t in targets:
+            if t in base.index:
+                ax.axvline(base[t], color=TARGET_COLORS[t], ls="--", lw=1, label=f"train mean ({t})")
+    ax.set_yticks(y, [_label(m) for m in wide.index])
+    ax.set_ylim(-0.7, len(wide) - 0.3)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set(xlabel=metric + (" (lower is better)" if metric in ("MSE", "MAE") else " (higher is better)"),
+           title=_title(f"{metric}: raw vs SpaCKLE-completed training", label))
+    return fig

@@ -7,8 +7,8 @@ is :func:`spared_lib.engine.make_trainer`, shared with SpaCKLE's training.
 """
 from spared_lib.engine import resolve_device
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, normalise, random_dihedral
+from .data import normalise, random_dihedral
 from .fit import FitOptions, FitResult, accumulation, fit, predict
 
-__all__ = ["FitOptions", "FitResult", "IMAGENET_MEAN", "IMAGENET_STD", "accumulation", "fit", "normalise",
+__all__ = ["FitOptions", "FitResult", "accumulation", "fit", "normalise",
            "predict", "random_dihedral", "resolve_device"]

@@ -16,10 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spared_lib.preprocessing import first_ring, slide_codes
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from spared_lib.preprocessing import IMAGENET_MEAN, IMAGENET_STD, first_ring, slide_codes
 
 
 # --------------------------------------------------------------------------- images
@@ -165,7 +162,8 @@ class SpotDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         r = int(self.index[i])
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(self.patches[r])),
+            # a copy: one row of a read-only memmap is a read-only view, which torch must not wrap
+            "image": torch.from_numpy(np.array(self.patches[r])),
             "target": torch.from_numpy(self.target[r]),
             "mask": torch.from_numpy(self.mask[r]),
             "index": torch.tensor(r),

@@ -91,7 +91,7 @@ def _iterate(model: SpotModel, adata, patches, index, batch_size: int, device: s
     if batching == "slide" and neighbors is None:
         neighbors = first_ring(adata)
     loader = make_loader(batching, patches, targets, spot_meta(adata), index, batch_size=batch_size,
-                         train=False, neighbors=neighbors, max_spots=getattr(model, "max_spots", 1024),
+                         train=False, neighbors=neighbors, max_spots=getattr(model, "max_spots", None),
                          num_workers=num_workers)
     pos = np.full(adata.n_obs, -1, np.int64)
     pos[index] = np.arange(len(index))
@@ -381,9 +381,9 @@ def _plan_memory(model, opt: FitOptions, dev: str, patches, targets, meta, idx, 
         if int(opt.slide_spots) != opt.slide_spots or opt.slide_spots < 1:
             raise ValueError(f"slide_spots must be 'auto', None or a positive integer, got {opt.slide_spots!r}")
         model.max_spots = int(opt.slide_spots)
-    n = int(model.max_spots)
-    info["slide_input"] = (f"whole slides (up to {largest} spots)" if n >= largest
-                           else f"crops of at most {n} spots (largest slide {largest})")
+    n = model.max_spots  # None: whole slides (the model's own default where its original did so)
+    info["slide_input"] = (f"whole slides (up to {largest} spots)" if n is None or n >= largest
+                           else f"crops of at most {int(n)} spots (largest slide {largest})")
     return opt.batch_size, 1, info
 
 
@@ -441,7 +441,7 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
     micro, accumulate, memory = _plan_memory(model, opt, dev, patches, targets, meta, idx, neighbors)
     eval_batch = opt.eval_batch_size or (opt.batch_size if accumulate == 1 else min(opt.batch_size, 4 * micro))
     workers = default_workers(dev) if opt.num_workers is None else opt.num_workers
-    common = dict(neighbors=neighbors, max_spots=getattr(model, "max_spots", 1024), num_workers=workers)
+    common = dict(neighbors=neighbors, max_spots=getattr(model, "max_spots", None), num_workers=workers)
     train_loader = make_loader(model.batching, patches, targets, meta, idx["train"], batch_size=micro, train=True,
                                generator=torch.Generator().manual_seed(opt.seed), **common)
     val_loader = make_loader(model.batching, patches, targets, meta, idx["val"], batch_size=eval_batch,

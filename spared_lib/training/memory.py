@@ -8,8 +8,9 @@ so the effective batch is kept and split into micro-batches whose gradients accu
 (:func:`spared_lib.training.accumulation`). How many fit is measured, not guessed:
 :func:`activation_bytes` runs the model's training forward on one and on two samples and counts
 the bytes autograd saves for the backward pass (a ``saved_tensors_hooks`` tally, so it works on a
-CPU as on a GPU, under the same precision as training). The fixed part — gradients and optimiser
-state, one and two copies of the weights for Adam — does not shrink with the batch; when it alone
+CPU as on a GPU, under the same precision as training). The fixed part — gradients, optimiser
+state (two copies of the weights for Adam) and the optimiser step's temporaries — does not shrink
+with the batch; when it alone
 exceeds the free memory the model cannot train on that device at all, and the error says so.
 
 Slide models (HisToGene, Hist2ST) take one slide per step, as their authors trained them; there
@@ -133,11 +134,13 @@ def saved_bytes(model: torch.nn.Module, batch: dict, device: str) -> int:
 
 def fixed_bytes(model: torch.nn.Module, device: str) -> int:
     """Memory a training step adds beyond the weights whatever the batch: gradients, the optimiser's
-    states, and under mixed precision the half-precision weight copies autocast caches."""
+    states, the temporaries of its step (torch's multi-tensor ``foreach`` implementation computes
+    the update of all parameters at once: about one more copy of them), and under mixed precision
+    the half-precision weight copies autocast caches."""
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     states = _OPT_STATES.get(getattr(model, "optimizer", "adam"), 2)
     amp = 0.5 if device == "cuda" else 0.0
-    return int(trainable * (1 + states + amp))
+    return int(trainable * (1 + states + 1 + amp))
 
 
 @dataclass
@@ -165,6 +168,14 @@ def _gb(b: float) -> float:
     return float(b) / 2**30
 
 
+def _check_fixed(model, fixed: int, free: int, safety: float, device: str) -> None:
+    """Fail before any probe when gradients and optimiser state alone exceed the budget."""
+    if fixed > safety * free:
+        raise DoesNotFit(f"{type(model).__name__} needs {_gb(fixed):.1f} GiB for gradients and optimiser state "
+                         f"alone (beside its weights), but {device} has {_gb(free):.1f} GiB free; use a "
+                         "larger device or size='small'")
+
+
 def plan_micro_batch(model, make_batch, batch_size: int, device: str, free: int | None = None,
                      safety: float = SAFETY) -> MemoryPlan:
     """The largest micro-batch (≤ ``batch_size``) whose training step fits ``safety`` × free memory.
@@ -189,6 +200,7 @@ def plan_micro_batch(model, make_batch, batch_size: int, device: str, free: int 
     """
     free = free_memory_bytes(device) if free is None else int(free)
     fixed = fixed_bytes(model, device)
+    _check_fixed(model, fixed, free, safety, device)
     if batch_size <= 2:  # nothing smaller to choose (BatchNorm cannot train on a batch of one)
         return MemoryPlan(batch_size, _gb(fixed), float("nan"), _gb(free))
     # two and four samples: BatchNorm needs more than one value per channel in training mode
@@ -219,6 +231,7 @@ def plan_slide_spots(model, make_batch, largest: int, device: str, free: int | N
     """
     free = free_memory_bytes(device) if free is None else int(free)
     fixed = fixed_bytes(model, device)
+    _check_fixed(model, fixed, free, safety, device)
     sizes = np.array([min(p, largest) for p in probe], float)
     sizes = np.unique(sizes)
     used = np.array([saved_bytes(model, make_batch(int(n)), device) for n in sizes], float)

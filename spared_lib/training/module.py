@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import Metric
 
-from ..preprocessing.patches import dihedral
+from spared_lib.preprocessing import dihedral
 from .data import to_model_input
 
 
