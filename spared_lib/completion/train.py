@@ -106,8 +106,9 @@ def split_indices(adata, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
         val = np.flatnonzero(split == name)
         if val.size:
             return train, val, name
-    # A single-split dataset: hold out a random tenth of the spots (their own values stay
-    # visible as neighbours, which is harmless for a self-supervised task).
+    # A single-split dataset: hold out a random tenth of the spots as validation centres. Their
+    # values still appear as neighbours (and neighbour targets) of training spots, so validation
+    # is optimistic there; data with a val or test slide, or spatial bands, avoid that.
     held = np.random.default_rng(seed).random(train.size) < 0.1
     if not held.any() or held.all():
         raise ValueError(f"{train.size} train spots are too few to hold a tenth out for validation")
@@ -378,7 +379,9 @@ def train_spackle(
         run = make_trainer(steps, device=dev, val_every=val_every or max(1, int(steps) // 20),
                            out_dir=tmp, name="spackle", precision=precision, devices=devices,
                            progress=progress)
-        train_loader, val_loader = centre_loaders(arrays.train_index, arrays.val_index, steps=run.steps,
+        # under DDP Lightning deals the table's rows out to the processes: give each its own steps
+        rows = run.steps * max(1, int(run.trainer.world_size))
+        train_loader, val_loader = centre_loaders(arrays.train_index, arrays.val_index, steps=rows,
                                                   batch_size=int(batch_size), seed=seed)
         run.fit(task, train_loader, val_loader)
         best_step = run.load_best(task)

@@ -139,10 +139,11 @@ def training_input_study(summary: pd.DataFrame, *, data_label: str | None = None
     import seaborn as sns
 
     label = _data_label(data_label, where="training_input_study")
-    fig, ax = _ax(ax, (7, 3.5))
+    fig, ax = _ax(ax, (9, 4))
     baselines = {"median method": PALETTE["Median"], "train mean": PALETTE["train mean"]}
     df = summary[~summary["variant"].isin(baselines)].copy()
-    df["configuration"] = df["variant"] + np.where(df["inference"] == "median", ", median-filled inference", "")
+    df["configuration"] = (df["variant"].str.replace(": ", ":\n", n=1)
+                           + np.where(df["inference"] == "median", ",\nmedian-filled inference", ""))
     df["input"] = np.where(df["centre"].astype(bool), "centred (not in the paper)", "raw (the paper)")
     sns.barplot(data=df, y="configuration", x=split, hue="input", orient="h", ax=ax,
                 palette={"raw (the paper)": "#9ecae1", "centred (not in the paper)": "#3182bd"})
@@ -155,5 +156,5 @@ def training_input_study(summary: pd.DataFrame, *, data_label: str | None = None
         ax.set_xscale("log")
     ax.set(xlabel=f"completion MSE, {split} spots (mean over datasets, fractions, seeds)", ylabel="",
            title=_title("What SpaCKLE sees in training", label))
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
