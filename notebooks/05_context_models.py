@@ -95,7 +95,7 @@ if FAST:
 # One preprocessed dataset (chapter 2) and its patches, aligned with `adata.obs`.
 
 # %%
-info = data.fixture_dataset(DATASET) if DATASET in data.FIXTURES and data.fixtures_dir() else DATASET
+info = data.resolve_dataset(DATASET)  # the local copy where ../shared/data has it, else the download
 adata = preprocessing.preprocess(data.load_dataset(info))
 patches = preprocessing.extract_patches(adata, size=PATCH_SIZE)
 DATA_NAME = adata.uns["dataset"]["key"]
