@@ -178,9 +178,9 @@ def test_slide_batching_through_fit(data, tmp_path):
 
 
 def test_completed_targets_change_training_unless_the_loss_is_observed_only(data, tmp_path):
-    """The loss covers every target entry (as the original trainer), so a layer that differs only
-    on unobserved entries (a completion) trains a different model; with the original's
-    ``robust_loss`` (observed-only) the two layers train identically."""
+    """The loss covers every target entry (as the original trainer, torch.nn.MSELoss over the whole
+    target), so a layer that differs only on unobserved entries (a completion) trains a different
+    model; with our observed-only option the two layers train identically."""
     ad, patches = data
     ad = ad.copy()
     filled = ad.layers["c_d_log1p"].copy()

@@ -422,30 +422,12 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
     dev = resolve_device(opt.device)
     pl.seed_everything(opt.seed, workers=True, verbose=False)
     model, name, lr = _build(model_name, adata, opt)
-    targets = read_targets(adata, target_layer, model.uses_deltas)
-    idx, eval_split = _splits(adata, opt.eval_split)
-
-    if patches is None:
-        from spared_lib.preprocessing import extract_patches
-
-        patches = extract_patches(adata)
-    check_patches(patches, adata.n_obs)
-    meta = spot_meta(adata)
-    neighbors = first_ring(adata)
-    _attach_targets(model, targets, target_layer)
-    model.to(dev)
-    model.prepare(FitContext(adata=adata, patches=patches, target=targets.target, mask=targets.mask,
-                             train_index=idx["train"], neighbors=neighbors, device=torch.device(dev),
-                             encode=make_encoder(adata, patches, dev)))
-
-    micro, accumulate, memory = _plan_memory(model, opt, dev, patches, targets, meta, idx, neighbors)
+    job = _prepare(model, adata, target_layer, patches, opt, dev)
+    micro, accumulate, memory = _plan_memory(model, opt, dev, job.patches, job.targets, job.meta, job.idx,
+                                             job.neighbors)
     eval_batch = opt.eval_batch_size or (opt.batch_size if accumulate == 1 else min(opt.batch_size, 4 * micro))
     workers = default_workers(dev) if opt.num_workers is None else opt.num_workers
-    common = dict(neighbors=neighbors, max_spots=getattr(model, "max_spots", None), num_workers=workers)
-    train_loader = make_loader(model.batching, patches, targets, meta, idx["train"], batch_size=micro, train=True,
-                               generator=torch.Generator().manual_seed(opt.seed), **common)
-    val_loader = make_loader(model.batching, patches, targets, meta, idx["val"], batch_size=eval_batch,
-                             train=False, **common)
+    train_loader, val_loader = _loaders(model, job, micro, eval_batch, workers, opt.seed)
 
     run = make_trainer(opt.steps, device=dev, val_every=opt.val_every, out_dir=opt.out_dir, name=name,
                        precision=opt.precision, devices=opt.devices, accumulate_grad_batches=accumulate,
@@ -455,10 +437,7 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
     if opt.verbose:
         batch = (f"batch {opt.batch_size}" + (f" as {accumulate} × {micro}" if accumulate > 1 else "")
                  if model.batching == "spot" else memory["slide_input"])
-        print(f"fit {name}: {n_params:,} trainable parameters, target {target_layer}"
-              f"{' (as deltas)' if model.uses_deltas else ''}, {run.steps} steps, lr {lr:g}, {batch}, "
-              f"on {dev} ({run.precision}); train/val/{eval_split} = "
-              f"{len(idx['train'])}/{len(idx['val'])}/{len(idx[eval_split])} spots", flush=True)
+        _announce(name, n_params, target_layer, model, run, lr, batch, dev, job)
     t0 = time.perf_counter()
     with PeakMemory(dev) as peak:
         run.fit(module, train_loader, val_loader)
@@ -466,16 +445,66 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
 
     best_step = run.load_best(module)
     model = module.model.eval()
-    pred = predict(model, adata, patches, idx[eval_split], batch_size=eval_batch,
-                   device=dev, tta=module.tta, num_workers=workers)
-    metrics = compute_metrics(targets.y[idx[eval_split]], pred, targets.mask[idx[eval_split]])
+    ev = job.idx[job.eval_split]
+    pred = predict(model, adata, job.patches, ev, batch_size=eval_batch, device=dev, tta=module.tta,
+                   num_workers=workers)
+    metrics = compute_metrics(job.targets.y[ev], pred, job.targets.mask[ev])
     best = run.checkpoint.best_model_score
     return FitResult(model=model, metrics=metrics, best_val_mse=float(best) if best is not None else float("nan"),
-                     eval_split=eval_split, checkpoint_path=run.checkpoint.best_model_path or None,
+                     eval_split=job.eval_split, checkpoint_path=run.checkpoint.best_model_path or None,
                      n_params=n_params, wall_time_s=wall, device=dev, history=run.history.frame(),
-                     model_name=name, target_layer=target_layer, predictions=pred,
-                     eval_index=idx[eval_split], best_step=best_step,
+                     model_name=name, target_layer=target_layer, predictions=pred, eval_index=ev,
+                     best_step=best_step,
                      extra={"steps": run.steps, "lr": lr, "batch_size": opt.batch_size, "micro_batch_size": micro,
                             "accumulate_grad_batches": accumulate, "precision": run.precision,
                             "pretrained": None if opt.pretrained is None else str(opt.pretrained),
                             "peak_memory_gb": round(peak.peak_gb, 3), **memory})
+
+
+@dataclass
+class _Job:
+    """What one ``fit`` call trains on: patches, targets, splits, spot metadata, neighbours."""
+
+    patches: Any
+    targets: Targets
+    idx: dict
+    eval_split: str
+    meta: dict
+    neighbors: np.ndarray
+
+
+def _prepare(model: SpotModel, adata, target_layer: str, patches, opt: FitOptions, dev: str) -> _Job:
+    """Read the targets and splits, check (or cut) the patches, and let the model prepare itself."""
+    targets = read_targets(adata, target_layer, model.uses_deltas)
+    idx, eval_split = _splits(adata, opt.eval_split)
+    if patches is None:
+        from spared_lib.preprocessing import extract_patches
+
+        patches = extract_patches(adata)
+    check_patches(patches, adata.n_obs)
+    job = _Job(patches, targets, idx, eval_split, spot_meta(adata), first_ring(adata))
+    _attach_targets(model, targets, target_layer)
+    model.to(dev)
+    model.prepare(FitContext(adata=adata, patches=patches, target=targets.target, mask=targets.mask,
+                             train_index=idx["train"], neighbors=job.neighbors, device=torch.device(dev),
+                             encode=make_encoder(adata, patches, dev)))
+    return job
+
+
+def _loaders(model: SpotModel, job: _Job, micro: int, eval_batch: int, workers: int, seed: int):
+    """The shuffled training loader (micro-batches) and the validation loader."""
+    common = dict(neighbors=job.neighbors, max_spots=getattr(model, "max_spots", None), num_workers=workers)
+    train = make_loader(model.batching, job.patches, job.targets, job.meta, job.idx["train"], batch_size=micro,
+                        train=True, generator=torch.Generator().manual_seed(seed), **common)
+    val = make_loader(model.batching, job.patches, job.targets, job.meta, job.idx["val"], batch_size=eval_batch,
+                      train=False, **common)
+    return train, val
+
+
+def _announce(name, n_params, target_layer, model, run, lr, batch, dev, job: _Job) -> None:
+    """The one line ``fit(verbose=True)`` prints: what is trained, how, on what."""
+    n = {k: len(v) for k, v in job.idx.items()}
+    print(f"fit {name}: {n_params:,} trainable parameters, target {target_layer}"
+          f"{' (as deltas)' if model.uses_deltas else ''}, {run.steps} steps, lr {lr:g}, {batch}, "
+          f"on {dev} ({run.precision}); train/val/{job.eval_split} = "
+          f"{n['train']}/{n['val']}/{n[job.eval_split]} spots", flush=True)
