@@ -160,7 +160,8 @@ def expression_map(adata, gene: str, source: str, *, sources: Mapping | None = N
         every = every[np.isfinite(every)]
         if every.size:
             vmin, vmax = np.percentile(every, [1, 99])
-    title = f"{_dataset_name(adata, data_label)} — {slide_id}\n{gene_label(adata, j)}: {source}"
+    # Three short lines rather than two long ones: panels of several sources sit side by side.
+    title = f"{_dataset_name(adata, data_label)} — {slide_id}\n{gene_label(adata, j)}\n{source}"
     if colorbar_label is None:
         colorbar_label = layer_unit(sources[source]) if isinstance(sources[source], str) else EXPRESSION_UNIT
     return spatial_scatter(adata, values, slide_id=slide_id, ax=ax, cmap=cmap, title=title,

@@ -127,6 +127,10 @@ def _calls(adata, kw):
                                        adata.obs["slide_id"], **kw),
         "plot_delta_distributions": lambda: f(adata, ("c_d_log1p", "c_d_deltas"), n_genes=4, **kw),
         "plot_patch_gallery": lambda: f(adata, np.zeros((adata.n_obs, 8, 8, 3), np.uint8), n=4, **kw),
+        "plot_preprocessing_scaling": lambda: f([{"impl": i, "n_spots": n, "seconds": t * n / 1000,
+                                                  "peak_rss_gb": 0.5 + n / 1e5}
+                                                 for i, t in (("ours", 0.1), ("spared", 2.0)) for n in (5000, 20000)],
+                                                time_target=(20000, 10), **kw),
         "plot_training_curves": lambda: f({"a": _history(), "b": _history(offset=0.2)}, **kw),
         "completion_violin": lambda: f(completion, **kw),
         "mse_vs_masking": lambda: f(completion, **kw),
@@ -196,7 +200,8 @@ def test_wrong_number_of_axes_is_a_clear_error():
 
 
 @pytest.mark.parametrize("name", ["plot_best_pcc", "plot_training_curves", "plot_metric_vs_params",
-                                  "completion_violin", "plot_per_gene_pcc", "plot_filter_curve"])
+                                  "completion_violin", "plot_per_gene_pcc", "plot_filter_curve",
+                                  "plot_preprocessing_scaling"])
 def test_a_table_figure_asks_for_its_data(name):
     with pytest.raises(ValueError, match="data_label="):
         _draw(name, _toy())
@@ -291,3 +296,31 @@ def test_labels_of_nearby_points_do_not_overlap():
     for t in ax.texts:  # every label inside the axes, next to its own point
         box = t.get_window_extent()
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, t.get_text()
+
+
+def test_maps_show_the_spots_not_the_whole_capture_area():
+    adata = _toy()
+    keep = np.flatnonzero(np.asarray(adata.obsm["spatial"])[:, 0] < 200)  # a corner of slide A
+    fig = plotting.spatial_scatter(adata[keep], "G1", layer="log1p", slide_id="A")
+    ax = fig.axes[0]
+    xy = np.asarray(adata.obsm["spatial"])[keep][adata.obs["slide_id"].to_numpy()[keep] == "A"] * 0.5
+    (x0, x1), (y1, y0) = ax.get_xlim(), ax.get_ylim()
+    assert x0 <= xy[:, 0].min() and xy[:, 0].max() <= x1 and y0 <= xy[:, 1].min() and xy[:, 1].max() <= y1
+    assert x1 - x0 < 150  # the image is 300 px wide: the corner is shown, not the whole image
+    fig = plotting.spatial_scatter(adata[keep], "G1", layer="log1p", slide_id="A", crop=False)
+    assert fig.axes[0].get_xlim() == (-0.5, 299.5)
+
+
+def test_overlap_check_reads_each_line_of_a_title():
+    """Two-line titles side by side: only lines on the same row can collide."""
+    def two_titles(left, right):
+        fig, axes = plt.subplots(1, 2, figsize=(5, 2.5))  # no layout engine: titles may collide
+        for ax, title in zip(axes, (left, right)):
+            ax.set_title(title)
+            ax.set_axis_off()
+        return fig
+
+    long_a, long_b = "a rather long line of a title that runs on", "another long line of a title here"
+    assert overlaps(two_titles(f"short\n{long_a}", f"short\n{long_b}")) == [(long_a, long_b)]
+    # the long lines on different rows: the boxes of the whole titles meet, their lines do not
+    assert overlaps(two_titles(f"short\n{long_a}", f"{long_b}\nshort")) == []

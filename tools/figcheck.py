@@ -20,6 +20,11 @@ def drawn_texts(fig) -> list[tuple[str, object]]:
     ticks, drawn = set(), []
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
+            shown = ax.axison and axis.get_visible()  # set_axis_off() hides tick labels, not their Text
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                ticks.update({id(tick.label1), id(tick.label2)})
+            if not shown:
+                continue
             lo, hi = sorted(axis.get_view_interval())
             eps = 1e-9 * abs(hi - lo)
             for tick in axis.get_major_ticks() + axis.get_minor_ticks():
@@ -32,7 +37,29 @@ def drawn_texts(fig) -> list[tuple[str, object]]:
         if t.get_text().strip() and t.figure is fig:
             box = t.get_window_extent(renderer)
             if box.width > 0 and box.height > 0:
-                out.append((t.get_text(), box))
+                out += _lines(t, box, renderer)
+    return out
+
+
+def _lines(t, box, renderer) -> list[tuple[str, object]]:
+    """One box per line of a horizontal multi-line text (a two-line title is as wide as its
+    longer line only there), else the text's box."""
+    from matplotlib.transforms import Bbox
+
+    lines = t.get_text().split("\n")
+    if len(lines) == 1 or t.get_rotation() % 180:
+        return [(t.get_text(), box)]
+    align = getattr(t, "_multialignment", None) or t.get_horizontalalignment()
+    height = box.height / len(lines)
+    out = []
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        width = min(renderer.get_text_width_height_descent(line, t.get_fontproperties(), ismath="TeX" if t.get_usetex() else False)[0],
+                    box.width)
+        x0 = box.x0 if align == "left" else box.x1 - width if align == "right" else box.x0 + (box.width - width) / 2
+        y1 = box.y1 - k * height
+        out.append((line, Bbox.from_extents(x0, y1 - height, x0 + width, y1)))
     return out
 
 

@@ -31,7 +31,7 @@ def slide_image(adata, slide_id: str, res: str = "hires"):
 
 def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires", ax=None,
                     cmap="viridis", title=None, data_label=None, size=None, vmin=None, vmax=None,
-                    colorbar=True, colorbar_label=None, alpha=1.0):
+                    colorbar=True, colorbar_label=None, alpha=1.0, crop=True):
     """Draw the spots of one slide over its H&E image, coloured by a gene, an ``obs`` column or values.
 
     Parameters
@@ -60,6 +60,10 @@ def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires"
         Label of the colour bar; default: the unit of ``layer`` for a gene
         (:func:`spared_lib.plotting.layer_unit`, e.g. log2(TPM+1)), the column's name for an
         ``obs`` column. Values given as an array have no default: name their unit here.
+    crop
+        Show only the part of the image around the spots drawn (plus one spot diameter); False
+        shows the whole image (a Visium capture area is larger than most tissue, and a crop of a
+        few hundred spots is a small part of it).
 
     Returns
     -------
@@ -88,12 +92,20 @@ def spatial_scatter(adata, color=None, *, slide_id=None, layer=None, res="hires"
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
     values, categorical = _values(adata, color, sel, layer)
     diameter = adata.uns["spatial"][slide_id].get("scalefactors", {}).get("spot_diameter_fullres")
+    shown_width = image.shape[1] if image is not None else None
+    if image is not None and crop and xy.size:
+        pad = (diameter or 0) * scale * 1.5 + 2
+        x0, x1 = max(xy[:, 0].min() - pad, -0.5), min(xy[:, 0].max() + pad, image.shape[1] - 0.5)
+        y0, y1 = max(xy[:, 1].min() - pad, -0.5), min(xy[:, 1].max() + pad, image.shape[0] - 0.5)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y1, y0)  # image rows grow downwards
+        shown_width = max(x1 - x0, y1 - y0)
     if size is None:
         # Spot diameter in display points, so spots look like spots whatever the figure size.
         fig = ax.figure
         if diameter and image is not None:
-            px_per_pt = fig.dpi / 72 * ax.get_window_extent().width / fig.dpi / max(image.shape[1], 1) * 72
-            size = max((diameter * scale * px_per_pt) ** 2, 1.0)
+            px_per_unit = ax.get_window_extent().width / max(shown_width, 1)  # display px per image px
+            size = max((diameter * scale * px_per_unit * 72 / fig.dpi) ** 2, 1.0)
         else:
             size = 8.0
     if values is None:
