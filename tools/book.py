@@ -156,7 +156,9 @@ def execute(paths: list[Path], fast: bool = True) -> None:
             source = path.with_suffix(".py")
             ipynb = path.with_suffix(".ipynb")
             # Always execute what the .py says, even if the .ipynb is stale.
-            tmp_in = out_dir / f".{path.stem}.input.ipynb"
+            # One input file per process: two runs of the same chapter (two people, or pytest and
+            # make) must not delete each other's.
+            tmp_in = out_dir / f".{path.stem}.{os.getpid()}.input.ipynb"
             jupytext.write(_with_setup_cell(jupytext.read(source if source.exists() else ipynb)), tmp_in)
             params = fast_parameters(path.stem) if fast else {}
             out = out_dir / f"{path.stem}.ipynb"
