@@ -16,7 +16,7 @@
 #
 # ```{admonition} What you need
 # :class: tip
-# - **Compute:** fast mode runs on a CPU in about 3 minutes with under 4 GB of RAM. A full run
+# - **Compute:** fast mode runs on a CPU in about 4 minutes with under 4 GB of RAM. A full run
 #   (SpaCKLE at the library's default schedule, 1,000 model steps on 224-px patches) wants a GPU:
 #   about 20–30 minutes on a Colab T4 for one slide of ~3,000 spots.
 # - **Data:** one Space Ranger output folder (or a folder holding several): `spatial/` with
