@@ -14,5 +14,5 @@ from .benchmark import (plot_best_model_pie, plot_best_pcc, plot_metric_vs_param
 from .preprocessing import (plot_delta_distributions, plot_filter_curve, plot_moran_ranking,  # noqa: F401
                             plot_patch_gallery, plot_pca_by_slide, plot_value_distributions)
 from .training import plot_training_curves  # noqa: F401
-from .completion import completion_violin, mse_vs_masking, qualitative_panel  # noqa: F401
+from .completion import completion_violin, mse_vs_masking, qualitative_panel, reduction_vs_masking, training_input_study  # noqa: F401,E501
 from .models import plot_expression_maps, plot_per_gene_pcc  # noqa: F401
