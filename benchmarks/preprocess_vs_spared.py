@@ -1,22 +1,26 @@
 """Our vectorised preprocessing against the authors' ``spared`` 2.2.1, on the same input, in one run.
 
 For each input (the real ``visium_mouse_cytassist`` slide, and a synthetic multi-slide dataset of
->= 20,000 spots) both implementations run every step of SPEC §2; the script prints, per step, the
-maximum absolute difference of the outputs (genes aligned by id), the gene lists chosen, the time
-of each and the speed ratio, then the peak memory of our pipeline on 40,000 spots (a subprocess).
+22,500 spots x 3,000 genes in 5 slides) both implementations run every step of SPEC §2; the script
+prints, per step, the maximum absolute difference of the outputs (genes aligned by id), the gene
+lists chosen, the time of each and the speed ratio; a profile of ours on the synthetic input; then
+the scaling of time and peak memory with the number of spots (5k ... 44k = SpaRED's largest
+dataset; spared's at the sizes given by ``--scaling-spared``), each size in its own process.
+
+Everything it prints goes to ``spared_lib/resources/results/preprocess_vs_spared.json`` (with the
+commit, command, machine, date and load), which chapter 2 shows through
+``spared_lib.resources.load_result("preprocess_vs_spared")``.
 
 ``spared`` declares no dependencies and imports torch, torchvision, torch_geometric, wget, plotly,
-opencv, lightning, pyComBat, ... on import. Run this script with a Python where it imports, e.g. a
-venv that sees the project's packages and adds spared's own::
+opencv, lightning, pyComBat, ... on import. It runs in its own venv that sees the project's packages
+and adds spared's own; from a fresh clone (after ``make venv``)::
 
-    python3.11 -m venv benchmarks/.venv-spared
-    echo "$PWD/.venv/lib/python3.11/site-packages" > benchmarks/.venv-spared/lib/python3.11/site-packages/project.pth
-    benchmarks/.venv-spared/bin/pip install --no-deps spared==2.2.1
-    benchmarks/.venv-spared/bin/pip install wget torch_geometric positional_encodings plotly opencv-python-headless
+    .venv/bin/python benchmarks/preprocess_vs_spared.py --setup     # creates benchmarks/.venv-spared
     benchmarks/.venv-spared/bin/python benchmarks/preprocess_vs_spared.py
 
-(``--setup`` runs these commands.) Where spared cannot be imported the script says so and prints
-our own timings only.
+The second line is the whole benchmark (about 10 minutes on a quiet 2-core machine). Ratios are
+measured side by side in one run; on a shared machine the absolute times grow with the load (the
+results file records it). Where spared cannot be imported the script says so and measures ours only.
 """
 from __future__ import annotations
 
@@ -25,7 +29,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -41,9 +44,10 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
 # --------------------------------------------------------------------------- inputs
-def synthetic(n_slides: int, spots_per_slide: int = 4500, n_genes: int = 4000, seed: int = 0):
+def synthetic(n_slides: int, spots_per_slide=4500, n_genes: int = 4000, seed: int = 0):
     """Visium-like raw counts: discs of the hex array, smooth spatial programs, NB counts with
-    70–95 % zeros, a slide batch effect; real Ensembl ids (human)."""
+    70–95 % zeros, a slide batch effect; real Ensembl ids (human). ``spots_per_slide``: one
+    number, or one per slide."""
     import anndata as ad
     import pandas as pd
     import scipy.sparse as sp
@@ -61,7 +65,8 @@ def synthetic(n_slides: int, spots_per_slide: int = 4500, n_genes: int = 4000, s
     blocks, obs, coords = [], [], []
     for s in range(n_slides):
         d = np.hypot(xy[:, 0] - xy[:, 0].mean(), xy[:, 1] - xy[:, 1].mean())
-        keep = np.argsort(d + rng.normal(0, 150, len(d)))[:spots_per_slide]
+        per = spots_per_slide[s] if np.ndim(spots_per_slide) else spots_per_slide
+        keep = np.argsort(d + rng.normal(0, 150, len(d)))[:per]
         p = xy[keep]
         w = rng.normal(0, 1 / 800, (4, 2))
         fields = np.cos(p @ w.T + rng.uniform(0, 6.3, 4))  # (n, 4) smooth programs
@@ -315,29 +320,149 @@ def _full_layers(adata, cfg):
     return pp.adaptive_median(t, grid=cfg["grid"])
 
 
-# --------------------------------------------------------------------------- memory
-def memory_child(n_spots: int) -> None:
+# --------------------------------------------------------------------------- profile
+def profile_ours(adata, cfg: dict, top: int = 14) -> dict:
+    """cProfile of one run of ``preprocess`` (CPU time): per step and the functions of ours and
+    of the libraries we call that take the most time, cumulative."""
+    import cProfile
+    import pstats
+
+    import spared_lib.preprocessing as pp
+
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    out = pp.preprocess(adata, cfg, dtype=np.float64)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
+        if "spared_lib" in file or "sparsetools" in func or func.startswith("<method 'sort'") \
+                or func.startswith("<method 'take'") or "_squidpy_graph" in func:
+            where = file.split("site-packages/")[-1].split("spared_lib/")[-1]
+            rows.append({"function": f"{where}:{line}({func})" if line else func, "calls": ncalls,
+                         "own_s": tottime, "cumulative_s": cumtime})
+    rows.sort(key=lambda r: -r["cumulative_s"])
+    cpu = out.uns["preprocessing"]["cpu_s"]
+    print(f"\n=== profile of ours ({adata.n_obs:,} spots, CPU seconds, cProfile) ===")
+    print("per step: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    print(f"{'cumulative s':>12s} {'own s':>8s} {'calls':>6s}  function")
+    for r in rows[:top]:
+        print(f"{r['cumulative_s']:12.3f} {r['own_s']:8.3f} {r['calls']:6d}  {r['function']}")
+    return {"steps_cpu_s": cpu, "functions": rows[:top]}
+
+
+# --------------------------------------------------------------------------- scaling
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's record of this process's peak RSS (Linux >= 4.0), so the peak read
+    after a step is the step's. False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_gb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+class _PeakSampler:
+    """Peak RSS by sampling every 5 ms in a thread (where the kernel's peak cannot be reset)."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.stop.wait(0.005)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss) / 2**30
+
+
+def scaling_child(n_spots: int, impl: str, n_genes: int) -> None:
+    """One size in a fresh process: time and peak memory of ``preprocess`` (or spared's steps)."""
     import spared_lib.preprocessing as pp
 
     n_slides = int(np.ceil(n_spots / 4500))
-    a = synthetic(n_slides, spots_per_slide=n_spots // n_slides)
-    import tracemalloc
+    per_slide = [n_spots // n_slides + (s < n_spots % n_slides) for s in range(n_slides)]
+    a = synthetic(n_slides, spots_per_slide=per_slide, n_genes=n_genes)
+    cfg = dict(cell_min_counts=10, grid="hex", combat_key="slide_id", real_data_percentage=0.7,
+               organism="human", n_genes=128)
+    if impl == "ours":
+        _warm_up(a, cfg)  # imports and squidpy's compiled kernels are not the pipeline's
+    else:
+        _prepare_spared_annotations()
+    input_gb = (a.X.data.nbytes + a.X.indices.nbytes + a.X.indptr.nbytes) / 2**30
+    before = _rss_gb("VmRSS")
+    exact = _reset_peak_rss()
+    sampler = None if exact else _PeakSampler().__enter__()
+    t, c = time.perf_counter(), time.process_time()
+    if impl == "ours":
+        out = pp.preprocess(a, cfg)
+        n_filtered = int(out.uns["preprocessing"]["n_genes_filtered"])
+    else:
+        res, _ = run_spared(a, cfg, moran_perms=None)
+        n_filtered = len(res["filtered_genes"])
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
+    if sampler is not None:
+        sampler.__exit__(None, None, None)
+    peak = _rss_gb("VmHWM") if exact else sampler.peak
+    print(json.dumps({"impl": impl, "n_spots": int(a.n_obs), "n_slides": n_slides, "n_genes_in": int(a.n_vars),
+                      "n_genes_filtered": n_filtered, "seconds": seconds, "cpu_seconds": cpu,
+                      "peak_rss_gb": peak, "rss_before_gb": before, "working_gb": peak - before,
+                      "input_gb": input_gb, "peak_measured_by": "VmHWM" if exact else "sampling"}))
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    pp.preprocess(a[:1500].copy(), n_genes=8)  # imports first: their memory is not the pipeline's
-    tracemalloc.start()  # NumPy reports its buffers to tracemalloc: the pipeline's own peak
-    t = time.perf_counter()
-    out = pp.preprocess(a)
-    seconds = time.perf_counter() - t
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    print(json.dumps({"n_spots": a.n_obs, "n_genes_in": a.n_vars, "seconds": seconds,
-                      "rss_before_gb": base, "preprocess_peak_alloc_gb": traced_peak / 2**30,
-                      "input_gb": (a.X.data.nbytes + a.X.indices.nbytes + a.X.indptr.nbytes) / 2**30,
-                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                      "n_genes_filtered": out.uns["preprocessing"]["n_genes_filtered"]}))
+
+def scaling(sizes, impl: str, n_genes: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        proc = subprocess.run([sys.executable, __file__, "--scaling-child", str(n), "--impl", impl,
+                               "--genes", str(n_genes)], capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+        if proc.returncode or not line:
+            print(f"  {impl} at {n:,} spots failed: {proc.stderr[-1500:]}")
+            rows.append({"impl": impl, "n_spots": n, "failed": proc.stderr[-300:]})
+            continue
+        m = json.loads(line[-1])
+        rows.append(m)
+        print(f"  {impl:6s} {m['n_spots']:7,d} spots: {m['seconds']:7.2f} s (CPU {m['cpu_seconds']:6.2f} s), "
+              f"peak RSS {m['peak_rss_gb']:.2f} GB (working {m['working_gb']:.2f} GB, input {m['input_gb']:.2f} GB)",
+              flush=True)
+    return rows
 
 
+def print_scaling(rows: list[dict]) -> None:
+    ok = [r for r in rows if "seconds" in r]
+    print(f"\n{'spots':>8s} {'impl':>7s} {'time s':>8s} {'s / 1k spots':>13s} {'peak RSS GB':>12s} {'working GB':>11s}")
+    for r in sorted(ok, key=lambda r: (r["impl"], r["n_spots"])):
+        print(f"{r['n_spots']:8,d} {r['impl']:>7s} {r['seconds']:8.2f} {1000 * r['seconds'] / r['n_spots']:13.3f} "
+              f"{r['peak_rss_gb']:12.2f} {r['working_gb']:11.2f}")
+    ours = sorted((r for r in ok if r["impl"] == "ours"), key=lambda r: r["n_spots"])
+    if len(ours) >= 2:
+        first, last = ours[0], ours[-1]
+        print(f"ours: {last['n_spots'] / first['n_spots']:.1f}x the spots take {last['seconds'] / first['seconds']:.1f}x "
+              f"the time and {last['working_gb'] / max(first['working_gb'], 1e-9):.1f}x the working memory; "
+              f"{last['n_spots']:,} spots in {last['seconds']:.1f} s (target < 10 s) and "
+              f"{last['peak_rss_gb']:.2f} GB peak RSS (target < 2 GB)")
+
+
+# --------------------------------------------------------------------------- setup
 def setup_env(path: Path) -> None:
     py = path / "bin" / "python"
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
@@ -353,26 +478,44 @@ def setup_env(path: Path) -> None:
     print(f"spared venv ready: run {py} {Path(__file__).relative_to(REPO)}")
 
 
+def _load() -> dict:
+    up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return {"uptime": up, "load_average_1_5_15_min": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(float(x.strip().lower().replace("k", "")) * (1000 if "k" in x.lower() else 1))
+            for x in text.split(",") if x.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--spots", type=int, default=22_500, help="synthetic spots compared with spared (>= 20,000)")
+    ap.add_argument("--spots", type=int, default=22_500, help="synthetic spots compared with spared")
     ap.add_argument("--genes", type=int, default=3000, help="synthetic genes before filtering")
     ap.add_argument("--synthetic-moran-perms", type=int, default=None,
                     help="permutations for spared's Moran's I on the synthetic data (original: 1000; default none)")
-    ap.add_argument("--memory-spots", type=int, default=40_000)
+    ap.add_argument("--scaling", default="5k,10k,20k,40k,44k", help="spots of the scaling runs of ours")
+    ap.add_argument("--scaling-spared", default="5k,10k,20k", help="spots of the scaling runs of spared")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-real", action="store_true")
-    ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "preprocess_vs_spared.json")
-    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results file (default: spared_lib/resources/results/preprocess_vs_spared.json)")
+    ap.add_argument("--scaling-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--setup", type=Path, nargs="?", const=REPO / "benchmarks" / ".venv-spared",
                     help="create a venv for spared at this path (default benchmarks/.venv-spared)")
     args = ap.parse_args()
     if args.setup:
         return setup_env(args.setup)
-    if args.memory_child:
-        return memory_child(args.memory_child)
+    if args.scaling_child:
+        return scaling_child(args.scaling_child, args.impl, args.genes)
 
+    from spared_lib.resources import results_path, save_result
+
+    out_path = args.out or results_path("preprocess_vs_spared")
+    load_start = _load()
+    print(load_start["uptime"])
     reason = spared_available()
     if reason:
         print(f"spared 2.2.1 could NOT be imported ({reason}). Only our own timings follow; see this "
@@ -381,43 +524,39 @@ def main() -> None:
         import importlib.metadata as md
 
         print(f"spared {md.version('spared')} imported from {sys.prefix}")
-    results = {}
+    old = json.loads(out_path.read_text()).get("results", {}) if out_path.is_file() else {}
+    results = {k: v for k, v in old.items() if k not in ("load_start", "load_end", "spared_version")}
+    results["spared_version"] = None if reason else "2.2.1"
+    results["load_start"] = load_start
     base = dict(cell_min_counts=10, grid="hex", combat_key="slide_id", real_data_percentage=0.7)
     if not args.skip_real:
         a = real_slide()
-        results["visium_mouse_cytassist"] = compare("visium_mouse_cytassist (real)", a,
-                                                    dict(base, organism="mouse", n_genes=128, real_data_percentage=0.3),
-                                                    reason is None)
+        results["visium_mouse_cytassist"] = dict(
+            compare("visium_mouse_cytassist (real)", a, dict(base, organism="mouse", n_genes=128,
+                                                             real_data_percentage=0.3), reason is None),
+            input=f"real CytAssist mouse slide, {a.n_obs:,} spots x {a.n_vars:,} genes, 1 slide; "
+                  "spared with its 1,000 Moran permutations")
     if not args.skip_synthetic:
         n_slides = int(np.ceil(args.spots / 4500))
         s = synthetic(n_slides, spots_per_slide=args.spots // n_slides, n_genes=args.genes)
-        results["synthetic"] = compare(f"synthetic ({n_slides} slides)", s,
-                                       dict(base, organism="human", n_genes=128), reason is None,
-                                       moran_perms=args.synthetic_moran_perms)
-    if not args.skip_memory:
-        results.update(_memory(args.memory_spots))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    old.update(results)  # runs of parts (--skip-*) add to the same file
-    args.out.write_text(json.dumps(old, indent=1, default=float))
-
-
-def _memory(n_spots: int) -> dict:
-    print(f"\n=== memory: ours on {n_spots:,} synthetic spots (separate process) ===", flush=True)
-    proc = subprocess.run([sys.executable, __file__, "--memory-child", str(n_spots)],
-                          capture_output=True, text=True)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode or not line:
-        print("memory run failed:", proc.stderr[-2000:])
-        return {}
-    else:
-        m = json.loads(line[-1])
-        print(f"{m['n_spots']:,} spots x {m['n_genes_in']:,} genes ({m['n_genes_filtered']:,} after filtering): "
-              f"{m['seconds']:.1f} s; peak of the pipeline's own allocations {m['preprocess_peak_alloc_gb']:.2f} GB "
-              f"(input counts {m['input_gb']:.2f} GB); process peak RSS {m['peak_rss_gb']:.2f} GB, of which "
-              f"{m['rss_before_gb']:.2f} GB were reached while generating the data; "
-              f"target < 8 GB: {'met' if m['peak_rss_gb'] < 8 else 'NOT met'}")
-        return {"memory": m}
+        cfg = dict(base, organism="human", n_genes=128)
+        results["synthetic"] = dict(
+            compare(f"synthetic ({n_slides} slides)", s, cfg, reason is None, moran_perms=args.synthetic_moran_perms),
+            input=f"synthetic, {n_slides} slides, {s.n_obs:,} spots x {s.n_vars:,} genes; spared's Moran "
+                  "permutations removed (they only give p-values)")
+        results["profile"] = profile_ours(s, cfg)
+    if not args.skip_scaling:
+        print(f"\n=== scaling: {args.genes:,} genes, each size in its own process ===", flush=True)
+        rows = scaling(_sizes(args.scaling), "ours", args.genes)
+        if reason is None:
+            rows += scaling(_sizes(args.scaling_spared), "spared", args.genes)
+        results["scaling"] = rows
+        print_scaling(rows)
+    results["load_end"] = _load()
+    print(results["load_end"]["uptime"])
+    command = "benchmarks/.venv-spared/bin/python benchmarks/preprocess_vs_spared.py " + " ".join(sys.argv[1:])
+    path = save_result("preprocess_vs_spared", results, command=command.strip(), path=out_path)
+    print(f"results written to {path}")
 
 
 if __name__ == "__main__":

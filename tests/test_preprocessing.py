@@ -462,3 +462,23 @@ def test_preprocess_errors_are_clear():
     del a.obs["split"]
     with pytest.raises(KeyError, match="split"):
         pp.preprocess(a)
+
+
+def test_comparison_tables_of_the_committed_benchmark():
+    """The chapter's tables come from the committed results file of the benchmark script."""
+    from spared_lib.resources import load_result
+
+    bench = load_result("preprocess_vs_spared")
+    assert {"commit", "command", "machine", "date", "load_average_1_5_15_min"} <= set(bench["provenance"])
+    assert "preprocess_vs_spared.py" in bench["provenance"]["command"]
+    tables = pp.comparison_tables(bench)
+    summary, steps, scaling = tables["summary"], tables["steps"], tables["scaling"]
+    assert list(summary.index) == ["real CytAssist slide", "synthetic, 5 slides"]
+    r = bench["results"]["synthetic"]
+    assert summary.loc["synthetic, 5 slides", "speed-up"] == pytest.approx(r["spared_s"] / r["ours_s"])
+    assert summary.loc["synthetic, 5 slides", ["same filter", "same genes, same order"]].all()
+    assert summary["same genes from the same filtered input"].all()
+    assert set(steps.loc["synthetic, 5 slides"].index) >= {"filter", "adaptive_median", "moran", "combat"}
+    assert set(scaling["implementation"]) == {"ours", "spared"}
+    ours = scaling[scaling["implementation"] == "ours"]
+    assert ours["spots"].max() >= 44_000 and (ours["time (s)"] > 0).all()

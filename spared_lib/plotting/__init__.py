@@ -12,7 +12,7 @@ from .database import plot_database_overview, plot_gene_detection, plot_missing_
 from .benchmark import (plot_best_model_pie, plot_best_pcc, plot_metric_vs_params, plot_mse_vs_params,  # noqa: F401
                         plot_normalised_mse, plot_raw_vs_completed)
 from .preprocessing import (plot_delta_distributions, plot_filter_curve, plot_moran_ranking,  # noqa: F401
-                            plot_patch_gallery, plot_pca_by_slide, plot_value_distributions)
+                            plot_patch_gallery, plot_pca_by_slide, plot_preprocessing_scaling, plot_value_distributions)
 from .training import plot_training_curves  # noqa: F401
 from .completion import completion_violin, mse_vs_masking, qualitative_panel, reduction_vs_masking, training_input_study  # noqa: F401,E501
 from .models import plot_expression_maps, plot_per_gene_pcc  # noqa: F401

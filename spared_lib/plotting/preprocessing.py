@@ -1,5 +1,5 @@
 """Figures of the preprocessing chapter: the gene-filter curve, value distributions, Moran's I
-ranking, ComBat PCA, Δ distributions and the patch gallery.
+ranking, ComBat PCA, Δ distributions, the patch gallery and the scaling of the pipeline.
 
 Introduced in ``notebooks/02_preprocessing.py``. Each function takes ``ax`` (one axes, or one per
 panel), names its data in the title (``data_label``, by default the AnnData's dataset key), and
@@ -75,8 +75,10 @@ def plot_moran_ranking(moran_ranked: np.ndarray, n_selected: int, *, data_label:
 
 
 def plot_pca_by_slide(layers: dict, obs_slide, *, data_label: str | None = None, ax=None, seed: int = 0,
-                      max_spots: int = 5000):
-    """PCA (2 components, fitted per layer) of each layer, spots coloured by slide; one panel per layer.
+                      max_spots: int = 5000, batch_label: str = "slide"):
+    """PCA (2 components, fitted per layer) of each layer, spots coloured by their batch
+    (``obs_slide``: the slide, or another ComBat key named by ``batch_label``, e.g. ``'patient'``);
+    one panel per layer.
 
     Defined in ``notebooks/02_preprocessing.py``.
     """
@@ -93,8 +95,8 @@ def plot_pca_by_slide(layers: dict, obs_slide, *, data_label: str | None = None,
         Z = PCA(2, random_state=seed).fit_transform(np.asarray(X, dtype=np.float64)[pick])
         sns.scatterplot(x=Z[:, 0], y=Z[:, 1], hue=slides[pick], s=6, linewidth=0, ax=a, legend=a is axes[-1])
         a.set(title=f"{name}", xlabel="PC1", ylabel="PC2")
-    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1, 1), title="slide", frameon=False)
-    fig.suptitle(f"{label}: batch effect before / after ComBat (PCA, coloured by slide)")
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1, 1), title=batch_label, frameon=False)
+    fig.suptitle(f"{label}: batch effect before / after ComBat (PCA, coloured by {batch_label})")
     return fig
 
 
@@ -156,4 +158,43 @@ def plot_patch_gallery(adata, patches, n: int = 8, seed: int = 0, *, data_label:
     for k, r in enumerate(pick):
         axes[k + 1].imshow(np.asarray(patches[r]))
         axes[k + 1].set(title=f"{k + 1}", xticks=[], yticks=[])
+    return fig
+
+
+def plot_preprocessing_scaling(rows, *, data_label: str | None = None, ax=None, time_target=None,
+                               memory_target=None):
+    """Time and peak memory of preprocessing against the number of spots, one line per
+    implementation (ours, the original ``spared``), from the ``scaling`` rows of
+    ``load_result("preprocess_vs_spared")``; two panels. The dotted line in the time panel is
+    proportional growth from the smallest size (what linear scaling looks like); the targets,
+    if given as ``(n_spots, value)``, are marked with a cross.
+
+    Defined in ``notebooks/02_preprocessing.py``.
+    """
+    import pandas as pd
+
+    label = _data_label(data_label, where="plot_preprocessing_scaling")
+    df = pd.DataFrame(list(rows))
+    if "seconds" not in df or df["seconds"].isna().all():
+        raise ValueError("plot_preprocessing_scaling: no finished runs (rows with 'seconds')")
+    df = df[df["seconds"].notna()].sort_values(["impl", "n_spots"])
+    fig, axes = _ax(ax, (10, 3.8), shape=(1, 2))
+    names = {"ours": "spared_lib (ours)", "spared": "spared 2.2.1 (original)"}
+    panels = ((axes.flat[0], "seconds", "time (s)", time_target),
+              (axes.flat[1], "peak_rss_gb", "peak memory, process RSS (GB)", memory_target))
+    for a, column, ylabel, target in panels:
+        for k, (impl, part) in enumerate(df.groupby("impl", sort=False)):
+            x, y = part["n_spots"].to_numpy(), part[column].to_numpy()
+            a.plot(x, y, "o-", color=f"C{k}", label=names.get(impl, impl))
+            if column == "seconds":
+                a.plot(x, y[0] * x / x[0], ":", color=f"C{k}", lw=1)
+        if target is not None:
+            a.plot(*target, "x", color="k", ms=9, mew=2, label="target")
+        a.set(xlabel="spots (3,000 genes)", ylabel=ylabel)
+        a.grid(alpha=0.3)
+    axes.flat[0].set_yscale("log")  # spared and ours differ by an order of magnitude
+    axes.flat[1].set_ylim(0, None)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(_title("Preprocessing time and memory against dataset size", label,
+                        "dotted: proportional to the number of spots"))
     return fig

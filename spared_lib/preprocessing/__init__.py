@@ -8,6 +8,7 @@ Introduced in ``notebooks/02_preprocessing.py``. Heavy libraries (scanpy, squidp
 imported inside the functions that need them.
 """
 from .combat import combat, combat_array
+from .comparison import comparison_tables
 from .config import PreprocessConfig, resolve_config
 from .deltas import add_mask, deltas, deltas_array
 from .filters import expression_fractions, filter_spots_and_genes, real_data_prefix, select_spots_and_genes
@@ -23,7 +24,7 @@ from .pipeline import LAYERS, check_counts, dense_counts, preprocess
 __all__ = [
     "DEFAULT_RADIUS", "IMAGENET_MEAN", "IMAGENET_STD", "LAYERS", "PreprocessConfig",
     "adaptive_median", "adaptive_median_array", "add_mask", "check_counts", "combat",
-    "combat_array", "deltas", "deltas_array", "dense_counts", "dihedral", "expression_fractions",
+    "combat_array", "comparison_tables", "deltas", "deltas_array", "dense_counts", "dihedral", "expression_fractions",
     "extract_patches", "filter_spots_and_genes", "first_ring", "gene_lengths",
     "index_from_adjacency", "khop_adjacencies", "khop_index", "log1p", "log1p_array", "moran_array",
     "moran_genes", "morans_i", "nearest_in_slide", "nonzero_medians", "preprocess",

@@ -5,7 +5,6 @@ Introduced in ``notebooks/02_preprocessing.py``.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from ._common import get_layer, require_finite, require_obs
 
@@ -47,16 +46,15 @@ def combat_array(X: np.ndarray, batches) -> np.ndarray:
     """
     X = np.asarray(X, dtype=np.float64)
     require_finite(X, "combat input")
-    batches = pd.Categorical(np.asarray(batches).astype(str))
-    if len(batches.categories) < 2:
+    # batch codes in the sorted order of the batch names (scanpy's groupby order)
+    names, code = np.unique(np.asarray(batches).astype(str), return_inverse=True)
+    if len(names) < 2:
         return X.copy()
-    sizes = np.bincount(batches.codes, minlength=len(batches.categories))
+    sizes = np.bincount(code, minlength=len(names))
     if sizes.min() < 2:
-        raise ValueError(f"combat: batch {batches.categories[sizes.argmin()]!r} has a single spot; "
+        raise ValueError(f"combat: batch {names[sizes.argmin()]!r} has a single spot; "
                          "ComBat needs >= 2 per batch")
-    present = sizes > 0
-    code = batches.codes
-    groups = [np.flatnonzero(code == k) for k in np.flatnonzero(present)]
+    groups = [np.flatnonzero(code == k) for k in range(len(names))]
     n = X.shape[0]
     # 1. standardise: batch means, grand mean weighted by batch size, pooled variance
     b_hat = np.stack([X[i].mean(axis=0) for i in groups])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from .combat import combat_array
@@ -101,10 +102,11 @@ def preprocess(adata, dataset=None, *, method: str = "original", dtype=np.float3
     sel = top_genes(moran, cfg.n_genes)
     steps.done("moran")
 
-    counts = counts_all[:, sel].astype(np.float64)
+    # np.take keeps rows contiguous (a[:, sel] gives a column-major array, slow for every later step)
+    counts = np.take(counts_all, sel, axis=1).astype(np.float64)
     del counts_all
     tpm = tpm_subset(counts, lengths[sel], scale)
-    layers = {"counts": counts, "tpm": tpm, "log1p": log1p_array(tpm), "d_log1p": d_log1p_all[:, sel]}
+    layers = {"counts": counts, "tpm": tpm, "log1p": log1p_array(tpm), "d_log1p": np.take(d_log1p_all, sel, axis=1)}
     del d_log1p_all
     layers.update(_combat(layers["log1p"], layers["d_log1p"], adata, spots, cfg))
     steps.done("combat")
@@ -257,9 +259,9 @@ def _groups(codes: np.ndarray, n_slides: int) -> list[tuple[int, np.ndarray]]:
 
 def _combat(log1p: np.ndarray, d_log1p: np.ndarray, adata, spots, cfg: PreprocessConfig) -> dict:
     """ComBat of ``log1p`` and ``d_log1p`` by ``obs[combat_key]``; copies when there is no key."""
-    if cfg.combat_key is None:
+    batches = None if cfg.combat_key is None else adata.obs[cfg.combat_key].to_numpy()[spots]
+    if batches is None or len(pd.unique(batches)) < 2:  # nothing to correct: the layers are copied
         return {"c_log1p": log1p.copy(), "c_d_log1p": d_log1p.copy()}
-    batches = adata.obs[cfg.combat_key].to_numpy()[spots]
     return {"c_log1p": combat_array(log1p, batches), "c_d_log1p": combat_array(d_log1p, batches)}
 
 
