@@ -252,7 +252,7 @@ print(f"SpaCKLE: {int(history['step'].max())} steps, best validation MSE "
 # How good is it *on your data*? Hide 30 % of the observed values of the held-out spots and compare
 # SpaCKLE's guesses with the adaptive median's and with each gene's train-split mean (lower MSE is
 # better). Fast mode trains SpaCKLE for
-# a few steps only: where that is too few to beat the median, the table is folded away as the
+# a few steps only: where that is too few to beat both baselines, the table is folded away as the
 # machinery check it is.
 
 # %%
@@ -261,20 +261,25 @@ scores = pd.DataFrame({
     for method in ("mean", "median", "spackle")
 }).T[["MSE", "PCC-Gene"]]
 scores.index = ["train mean (baseline)", "median", "spackle"]
-spackle_better = scores.loc["spackle", "MSE"] < scores.loc["median", "MSE"]
+spackle_better = scores.loc["spackle", "MSE"] < scores.loc[["median", "train mean (baseline)"], "MSE"].min()
 glue("spackle_steps", f"{int(history['step'].max()):,}", display=False)
-glue("spackle_verdict", "lower" if spackle_better else "higher", display=False)
+for row, key in (("spackle", "spackle"), ("median", "median"), ("train mean (baseline)", "mean")):
+    glue(f"{key}_mse", f"{scores.loc[row, 'MSE']:.2f}", display=False)
+glue("spackle_verdict", "beats both" if spackle_better else "does not beat both yet", display=False)
 glue("spackle_pcc", f"{scores.loc['spackle', 'PCC-Gene']:.2f}", display=False)
 glue("median_pcc", f"{scores.loc['median', 'PCC-Gene']:.2f}", display=False)
 scores if spackle_better or not FAST else machinery_check(
-    scores, f"SpaCKLE after {int(history['step'].max())} steps against the median, on {DATASET_NAME}'s held-out spots")
+    scores, f"SpaCKLE after {int(history['step'].max())} steps against the median and the train mean, "
+            f"on {DATASET_NAME}'s held-out spots")
 
 # %% [markdown]
-# After {glue:text}`spackle_steps` steps SpaCKLE's error on the hidden entries is
-# {glue:text}`spackle_verdict` than the median's, and its per-gene correlation with the hidden values
-# is {glue:text}`spackle_pcc` against the median's {glue:text}`median_pcc`: a low error with a poor
-# correlation means it has learnt each gene's level before its variation from spot to spot. A full
-# run trains long enough for the comparison to tell you which completion to use on your data.
+# After {glue:text}`spackle_steps` steps SpaCKLE's MSE on the hidden entries is
+# {glue:text}`spackle_mse`, against {glue:text}`median_mse` for the median and
+# {glue:text}`mean_mse` for each gene's train mean: it {glue:text}`spackle_verdict` baselines. Its
+# per-gene correlation with the hidden values is {glue:text}`spackle_pcc`, the median's
+# {glue:text}`median_pcc` (the train mean's is 0: it fills every spot alike). A completion is
+# worth using where it beats the train mean on error *and* follows the spot-to-spot variation; a
+# full run trains long enough for this table to tell you which to use on your data.
 
 # %% [markdown]
 # The same gene three ways on one slide: what Visium measured (zeros where it missed), the median
