@@ -116,7 +116,7 @@ def split_indices(adata, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def prepare_training(adata, layer: str = "c_d_log1p", *, n_neighbors: int = 18, radius="auto",
-                     mask_fraction: float = 0.3, centre: bool = False, inference: str = "zeroed",
+                     mask_fraction: float = 0.3, centre: bool = True, inference: str = "zeroed",
                      seed: int = 0) -> TrainingArrays:
     """Step 1 of :func:`train_spackle`: arrays, neighbourhoods, splits and the fixed validation mask.
 
@@ -166,7 +166,7 @@ class SpaCKLETask(pl.LightningModule):
     """
 
     def __init__(self, model: SpaCKLE, arrays: TrainingArrays, *, lr: float = 1e-3,
-                 train_input: str = "zeroed", loss: str = "all"):
+                 train_input: str = "zeroed", loss: str = "observed"):
         super().__init__()
         self.model = model
         self.lr = float(lr)
@@ -284,10 +284,10 @@ def train_spackle(
     device: str | torch.device = "auto",
     *,
     mask_fraction: float = 0.3,
-    train_input: str = "median",
-    loss: str = "all",
+    train_input: str = "zeroed",
+    loss: str = "observed",
     inference: str = "zeroed",
-    centre: bool = False,
+    centre: bool = True,
     n_neighbors: int = 18,
     radius: float | None | str = "auto",
     val_every: int | None = None,
@@ -323,17 +323,17 @@ def train_spackle(
     mask_fraction
         Masking probability before the per-gene scaling (the paper's ρ = 0.3).
     train_input
-        What the model sees at entries missing in the data: ``'median'`` (their median-filled
-        values, the paper's and the original's) or ``'zeroed'`` (zeros, as at inference).
-        Chapter 3 compares them fairly and explains the default.
+        What the model sees at entries missing in the data: ``'zeroed'`` (zeros, as at inference;
+        the default) or ``'median'`` (their median-filled values, the paper's and the original's).
     loss
-        ``'all'`` (every entry of the non-padding tokens, the paper's) or ``'observed'``.
+        ``'observed'`` (observed entries of the non-padding tokens; the default) or ``'all'``
+        (every entry, median-filled ones included: the paper's).
     inference
         The input rule of validation and, by default, of :func:`spared_lib.completion.complete`
         (recorded in ``model.meta``); see :data:`spared_lib.completion.infer.INFERENCE_RULES`.
     centre
         Feed expression minus the train-split gene means (``model.offset``), so a hidden entry
-        (0) reads as the gene's mean. Not in the paper (False, the default, feeds raw values).
+        (0) reads as the gene's mean (the default). Not in the paper: False feeds raw values.
     n_neighbors, radius
         Neighbourhood, see :func:`spared_lib.preprocessing.nearest_in_slide`.
     val_every
@@ -360,6 +360,13 @@ def train_spackle(
 
     Notes
     -----
+    The defaults of ``train_input``, ``loss``, ``centre`` and ``inference`` are the winner of the
+    training-input study of ``benchmarks/completion.py`` (issue 16 §1: the paper's recipe, zeroed
+    inputs with the loss on all entries, and zeroed inputs with the loss on observed entries,
+    each raw and centred, three seeds, her2st's 7 patients and the CytAssist slide, chosen on
+    the validation spots); chapter 3 shows the comparison (``resources.load_result('completion')``).
+    The paper's recipe is ``train_input='median', loss='all', centre=False``.
+
     ``d_model`` defaults to the paper's 128 (the original code sets it to the number of genes:
     BCV-Uniandes/SpaRED ``spared/spared/spackle/model.py``, ``GeneImputationModel.__init__``).
 
