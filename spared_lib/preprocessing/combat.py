@@ -56,20 +56,26 @@ def combat_array(X: np.ndarray, batches) -> np.ndarray:
                          "ComBat needs >= 2 per batch")
     groups = [np.flatnonzero(code == k) for k in range(len(names))]
     n = X.shape[0]
+    # Batch by batch throughout: only the output is spots x genes (large temporaries are fresh
+    # pages each time, which on SpaRED's largest datasets costs more than the arithmetic).
     # 1. standardise: batch means, grand mean weighted by batch size, pooled variance
     b_hat = np.stack([X[i].mean(axis=0) for i in groups])
     n_b = np.array([i.size for i in groups], dtype=np.float64)
     grand = (n_b / n) @ b_hat
-    resid = X.copy()
-    for k, i in enumerate(groups):
-        resid[i] -= b_hat[k]
-    var_pooled = (resid ** 2).mean(axis=0)
-    del resid
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.where(var_pooled == 0, 0.0, (X - grand) / np.sqrt(var_pooled))
+    var_pooled = sum(((X[i] - b_hat[k]) ** 2).sum(axis=0) for k, i in enumerate(groups)) / n
+    root = np.sqrt(var_pooled)
+
+    def standardised(i):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(var_pooled == 0, 0.0, (X[i] - grand) / root)
+
     # 2. batch effects and their priors across genes
-    gamma_hat = np.stack([s[i].mean(axis=0) for i in groups])
-    delta_hat = np.stack([s[i].var(axis=0, ddof=1) for i in groups])
+    gamma_hat, delta_hat = [], []
+    for i in groups:
+        s = standardised(i)
+        gamma_hat.append(s.mean(axis=0))
+        delta_hat.append(s.var(axis=0, ddof=1))
+    gamma_hat, delta_hat = np.stack(gamma_hat), np.stack(delta_hat)
     gamma_bar, t2 = gamma_hat.mean(axis=1), gamma_hat.var(axis=1)
     m, v = delta_hat.mean(axis=1), delta_hat.var(axis=1, ddof=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -77,11 +83,10 @@ def combat_array(X: np.ndarray, batches) -> np.ndarray:
         # 3. posterior effects, removed from the standardised data
         out = np.empty_like(X)
         for k, i in enumerate(groups):  # batches: a handful of iterations
-            g_star, d_star = _iterate_eb(s[i], gamma_hat[k], delta_hat[k], gamma_bar[k], t2[k],
+            s = standardised(i)
+            g_star, d_star = _iterate_eb(s, gamma_hat[k], delta_hat[k], gamma_bar[k], t2[k],
                                          a_prior[k], b_prior[k])
-            out[i] = (s[i] - g_star) / np.sqrt(d_star)
-        out *= np.sqrt(var_pooled)
-        out += grand
+            out[i] = (s - g_star) / np.sqrt(d_star) * root + grand
     if not np.isfinite(out).all():
         bad = np.flatnonzero(~np.isfinite(out).all(axis=0))
         raise ValueError(f"combat produced NaN for {bad.size} genes (constant within a batch), e.g. columns {bad[:5]}")

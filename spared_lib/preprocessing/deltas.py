@@ -9,9 +9,10 @@ import numpy as np
 from ._common import get_layer, require_obs
 
 
-def deltas_array(X: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def deltas_array(X: np.ndarray, train: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
     """``(X - mean, mean)``: each gene's mean over the rows where ``train`` is True, and the
-    deviations from it (Δ). Only train rows enter the mean, so nothing of val/test leaks in.
+    deviations from it (Δ), computed in ``X``'s precision and stored as ``dtype`` (default
+    ``X.dtype``). Only train rows enter the mean, so nothing of val/test leaks in.
 
     Defined in ``notebooks/02_preprocessing.py``.
     """
@@ -19,7 +20,9 @@ def deltas_array(X: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if not train.any():
         raise ValueError("deltas: no train spot (Δ is the deviation from the train-split mean)")
     mean = X[train].mean(axis=0)
-    return X - mean, mean
+    out = np.empty(X.shape, dtype=dtype or X.dtype)
+    np.subtract(X, mean, out=out, casting="same_kind")
+    return out, mean
 
 
 def deltas(adata, from_layer: str = "log1p", to_layer: str = "deltas", split: str = "train"):

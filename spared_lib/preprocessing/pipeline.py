@@ -86,8 +86,7 @@ def preprocess(adata, dataset=None, *, method: str = "original", dtype=np.float3
     codes = codes[spots]
     steps.done("filter")
 
-    counts_all = dense_counts(X, spots, genes, dtype=np.float32)  # integers: float32 is exact
-    log1p_all, scale = _log_expression(counts_all, lengths, steps)
+    log1p_all, scale = _log_expression(X, spots, genes, lengths, steps)
 
     graph = _graph(adata, spots, codes, names, cfg, method)
     d_log1p_all = adaptive_median_array(log1p_all, khop_adjacencies(graph, cfg.n_hops), codes,
@@ -102,10 +101,9 @@ def preprocess(adata, dataset=None, *, method: str = "original", dtype=np.float3
     sel = top_genes(moran, cfg.n_genes)
     steps.done("moran")
 
-    # np.take keeps rows contiguous (a[:, sel] gives a column-major array, slow for every later step)
-    counts = np.take(counts_all, sel, axis=1).astype(np.float64)
-    del counts_all
+    counts = dense_counts(X, spots, genes[sel])
     tpm = tpm_subset(counts, lengths[sel], scale)
+    # np.take keeps rows contiguous (a[:, sel] gives a column-major array, slow for every later step)
     layers = {"counts": counts, "tpm": tpm, "log1p": log1p_array(tpm), "d_log1p": np.take(d_log1p_all, sel, axis=1)}
     del d_log1p_all
     layers.update(_combat(layers["log1p"], layers["d_log1p"], adata, spots, cfg))
@@ -114,7 +112,7 @@ def preprocess(adata, dataset=None, *, method: str = "original", dtype=np.float3
     train = adata.obs["split"].to_numpy()[spots] == "train"
     means = {}
     for dst, src in DELTA_SOURCES.items():
-        layers[dst], means[src] = deltas_array(layers[src], train)
+        layers[dst], means[src] = deltas_array(layers[src], train, dtype=dtype)
     steps.done("deltas")
 
     out = _assemble(adata, spots, genes[sel], layers, dtype)
@@ -233,13 +231,24 @@ def dense_counts(X: sp.csr_matrix, spots: np.ndarray, genes: np.ndarray, dtype=n
     return out
 
 
-def _log_expression(counts: np.ndarray, lengths: np.ndarray, steps) -> tuple[np.ndarray, np.ndarray]:
-    """log2(TPM + 1) of every filtered gene and the per-spot TPM divisor. The TPM of all genes is
-    not kept (only the selected genes' is, recomputed from the divisor and the counts), so
-    log1p is computed in the TPM buffer."""
-    tpm, scale = tpm_array(counts, lengths, return_scale=True)
+def _log_expression(X: sp.csr_matrix, spots, genes, lengths, steps) -> tuple[np.ndarray, np.ndarray]:
+    """log2(TPM + 1) of every filtered gene in one (spots, genes) float64 buffer, and the per-spot
+    TPM divisor.
+
+    TPM is computed a block of rows at a time (:func:`tpm_array` on each block's dense counts),
+    straight into the buffer, and log2 in place: one large array instead of dense counts plus TPM
+    (arrays above glibc's 32-MB mmap threshold are fresh pages every time, and at SpaRED's largest
+    size the page faults cost more than the arithmetic). The TPM of all genes is not kept: the
+    selected genes' is recomputed from the divisor.
+    """
+    out = np.empty((len(spots), len(genes)))
+    scale = np.empty((len(spots), 1))
+    for r0, b in csr_blocks(X):
+        lo, hi = np.searchsorted(spots, [r0, r0 + b.shape[0]])
+        if hi > lo:
+            out[lo:hi], scale[lo:hi] = tpm_array(b[spots[lo:hi] - r0][:, genes], lengths, return_scale=True)
     steps.done("tpm")
-    log1p = log1p_array(tpm, out=tpm)
+    log1p = log1p_array(out, out=out)
     steps.done("log1p")
     return log1p, scale
 
