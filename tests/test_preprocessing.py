@@ -482,3 +482,18 @@ def test_comparison_tables_of_the_committed_benchmark():
     assert set(scaling["implementation"]) == {"ours", "spared"}
     ours = scaling[scaling["implementation"] == "ours"]
     assert ours["spots"].max() >= 44_000 and (ours["time (s)"] > 0).all()
+
+
+def test_adaptive_median_same_in_any_number_of_threads_and_blocks(monkeypatch):
+    """Gene blocks run in worker threads; the result must not depend on how many or how big."""
+    import spared_lib.preprocessing.median as median
+
+    a = hex_slides(n_slides=3, n_genes=40, zero_frac=0.6, seed=7)
+    X = np.log2(1 + a.X.toarray().astype(np.float64))
+    hoods = pp.khop_adjacencies(pp.spatial_neighbors(a), 4)
+    codes, names = pp.slide_codes(a)
+    ref = adaptive_median_loop(X, a.obs["slide_id"].to_numpy(), a.obsm["spatial"])
+    for workers, chunk in ((1, 1 << 24), (3, 1 << 24), (2, 7 * a.n_obs)):  # last: blocks of 7 genes
+        monkeypatch.setattr(median, "_workers", lambda w=workers: w)
+        monkeypatch.setattr(median, "_CHUNK_ELEMS", chunk)
+        np.testing.assert_array_equal(pp.adaptive_median_array(X, hoods, codes, len(names)), ref)

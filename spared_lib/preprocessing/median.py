@@ -4,6 +4,8 @@ Introduced in ``notebooks/02_preprocessing.py``.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -33,10 +35,11 @@ def nonzero_medians(X: np.ndarray, codes: np.ndarray, n_slides: int) -> np.ndarr
     Defined in ``notebooks/02_preprocessing.py``.
     """
     out = np.zeros((n_slides, X.shape[1]))
-    for s in range(n_slides):  # slides, not spots: a handful of iterations
+
+    def slide(s):  # one slide's row of ``out``; slides run in worker threads
         rows = np.flatnonzero(codes == s)
         if rows.size == 0:
-            continue
+            return
         step = max(1, _CHUNK_ELEMS // rows.size)
         for g0 in range(0, X.shape[1], step):
             block = np.ascontiguousarray(X[rows, g0:g0 + step].T)  # (genes, spots)
@@ -55,7 +58,33 @@ def nonzero_medians(X: np.ndarray, codes: np.ndarray, n_slides: int) -> np.ndarr
             hi = np.minimum(first + nz // 2, rows.size - 1)
             g = np.arange(block.shape[0])
             out[s, g0:g0 + step] = np.where(nz > 0, (block[g, lo] + block[g, hi]) / 2, 0.0)
+
+    _in_threads(slide, range(n_slides))
     return out
+
+
+def _workers() -> int:
+    """Worker threads for the median: the CPUs this process may use (at most 4)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 4))
+
+
+def _in_threads(func, items) -> None:
+    """``func(item)`` for every item, in ``_workers()`` threads (in this thread when one)."""
+    items = list(items)
+    workers = min(_workers(), len(items))
+    if workers <= 1:
+        for item in items:
+            func(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(func, items):  # re-raises a worker's exception here
+            pass
 
 
 def _median_of_entries(Xpad: np.ndarray, index: np.ndarray, sizes: np.ndarray,
@@ -201,9 +230,20 @@ def adaptive_median_array(X: np.ndarray, neighborhoods: list[sp.csr_matrix], cod
         if not out.flags.c_contiguous:
             raise ValueError("adaptive_median_array: out must be C-contiguous")
         hops = _Hops(neighborhoods)
-        pad = np.empty((n + 1) * gstep)
-        for g0 in range(0, G, gstep):
-            _fill_nonnegative(X, g0, min(G, g0 + gstep), hops, general, codes, out, pad)
+        # Gene blocks of equal size, at least one per worker thread. The blocks write disjoint
+        # columns of ``out`` and NumPy/SciPy release the GIL in the array work, so the threads
+        # run on separate cores; each keeps one padding buffer for all of its blocks.
+        workers = _workers()
+        n_blocks = min(G, max(-(-G // gstep), workers))
+        size = -(-G // n_blocks)
+        blocks = [(g0, min(G, g0 + size)) for g0 in range(0, G, size)]
+
+        def fill(mine):
+            pad = np.empty((n + 1) * size)
+            for g0, g1 in mine:
+                _fill_nonnegative(X, g0, g1, hops, general, codes, out, pad)
+
+        _in_threads(fill, [blocks[w::workers] for w in range(min(workers, len(blocks)))])
         return out
     if out is None:
         out = np.empty_like(X)
