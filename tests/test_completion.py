@@ -504,3 +504,13 @@ def test_train_mean_fills_with_the_visible_train_mean():
         np.testing.assert_allclose(got[~visible[:, g], g], ref, rtol=1e-5)
     np.testing.assert_array_equal(got[visible], x[visible])
     assert "mean" in completion.METHODS
+
+
+def test_library_defaults_are_the_committed_study_winner():
+    """issue 16 §1: the winner of the training-input study (chosen on validation slides) is the default."""
+    from spared_lib import resources
+
+    won = resources.load_result("completion")["results"]["study"]["winner"]
+    defaults = completion.train_spackle.__kwdefaults__
+    assert {k: defaults[k] for k in ("train_input", "loss", "centre", "inference")} == \
+        {k: won[k] for k in ("train_input", "loss", "centre", "inference")}
