@@ -99,13 +99,14 @@ def preprocess(adata, dataset=None, *, method: str = "original", dtype=np.float3
     with np.errstate(all="ignore"):
         moran = np.nanmean(np.where(np.isfinite(per_slide), per_slide, np.nan), axis=0)
     sel = top_genes(moran, cfg.n_genes)
-    steps.done("moran")
-
+    # the selected genes' layers (the original subsets its AnnData here, in its Moran step)
     counts = dense_counts(X, spots, genes[sel])
     tpm = tpm_subset(counts, lengths[sel], scale)
     # np.take keeps rows contiguous (a[:, sel] gives a column-major array, slow for every later step)
     layers = {"counts": counts, "tpm": tpm, "log1p": log1p_array(tpm), "d_log1p": np.take(d_log1p_all, sel, axis=1)}
     del d_log1p_all
+    steps.done("moran")
+
     layers.update(_combat(layers["log1p"], layers["d_log1p"], adata, spots, cfg))
     steps.done("combat")
 
