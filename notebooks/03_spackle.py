@@ -474,6 +474,41 @@ wide.round(1)
 # {glue:text}`tab_red_sme` below it), as in the paper: its top three weights include the spot
 # itself, whose missing value is zero, so its fills are pulled towards zero.
 #
+# ## How fast is it?
+#
+# The same run timed SpaCKLE's training step on this CPU (one thread) at the paper's size and at
+# the CPU schedule's: through the engine (`train_spackle`: gathering neighbourhoods on the
+# device, masking, Lightning's loop), as a bare step of the same model on a fixed batch, the same
+# without dropout, and against the arithmetic limit (the step's matmul FLOPs over the measured
+# matmul throughput).
+
+# %%
+tm = res["timing"]
+speed = pd.DataFrame({s_: {"engine step (ms)": 1e3 * tm[s_]["engine_step_s"],
+                           "bare step (ms)": 1e3 * tm[s_]["bare_step_s"],
+                           "bare, no dropout (ms)": 1e3 * tm[s_]["bare_step_no_dropout_s"],
+                           "arithmetic limit (ms)": 1e3 * tm[s_]["limit_s"],
+                           "GFLOP per step": tm[s_]["flops_per_step"] / 1e9} for s_ in ("paper", "cpu")}).T
+p_ = tm["paper"]
+glue("t_engine", f"{p_['engine_step_s']:.2f} s", display=False)
+glue("t_limit", f"{p_['limit_s']:.2f} s", display=False)
+glue("t_gflops", f"{tm['matmul_gflops']:.0f}", display=False)
+glue("t_loop", f"{100 * (p_['engine_step_s'] - p_['bare_step_s']) / p_['engine_step_s']:.0f} %", display=False)
+glue("t_dropout", f"{100 * (p_['bare_step_s'] - p_['bare_step_no_dropout_s']) / p_['engine_step_s']:.0f} %",
+     display=False)
+glue("t_complete", f"{tm['complete_1000_spots_s']:.2f} s", display=False)
+glue("t_load", f"{tm['provenance']['load_average_1_5_15_min'][0]:.1f}", display=False)
+speed.round(1)
+
+# %% [markdown]
+# At the paper's size a step takes {glue:text}`t_engine` here (load {glue:text}`t_load` on 2
+# cores), against an arithmetic limit of {glue:text}`t_limit` at the measured
+# {glue:text}`t_gflops` GFLOP/s. The loop around the step costs {glue:text}`t_loop` of it; dropout's
+# random numbers cost {glue:text}`t_dropout` (the original's dropout of 0.1, kept), and the rest is
+# the step's other elementwise work (layer norms, softmax, Adam). Completing 1,000 spots with a
+# paper-size model takes {glue:text}`t_complete`: completion computes the last encoder layer for
+# the centre token only (`SpaCKLE.forward_centre`), which halves its cost.
+#
 # ## Exercises
 #
 # ```{admonition} Exercise 1
