@@ -222,7 +222,7 @@ def captured_inputs(adata, monkeypatch, **kw):
     pad = idx < 0
     e = np.where(pad[..., None], 0.0, arrays.x[np.maximum(idx, 0)])
     obs = arrays.observed[np.maximum(idx, 0)] & ~pad[..., None]
-    return seen, e, obs, pad, float(loss)
+    return seen, e, obs, pad, float(loss.detach())
 
 
 def test_train_input_median_shows_the_fill_and_zeroed_hides_it(monkeypatch):
