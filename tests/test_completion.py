@@ -515,3 +515,15 @@ def test_library_defaults_are_the_committed_study_winner():
     defaults = completion.train_spackle.__kwdefaults__
     assert {k: defaults[k] for k in ("train_input", "loss", "centre", "inference")} == \
         {k: won[k] for k in ("train_input", "loss", "centre", "inference")}
+
+
+def test_image_features_are_seeded_and_per_patch():
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
+    a, source = completion.image_features(patches, weights=None, size=48, device="cpu", seed=1)
+    b, _ = completion.image_features(patches, weights=None, size=48, device="cpu", seed=1)
+    assert a.shape == (4, 1024) and "random init" in source
+    np.testing.assert_array_equal(a, b)
+    one, _ = completion.image_features(patches[2:3], weights=None, size=48, device="cpu", seed=1)
+    np.testing.assert_allclose(one[0], a[2], rtol=1e-4, atol=1e-5)  # a patch's features ignore the batch
+    assert not np.allclose(a[0], a[1])

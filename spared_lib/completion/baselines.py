@@ -171,7 +171,8 @@ def image_features(
     import torchvision
     from torch.nn import functional as F
 
-    from .infer import resolve_device
+    from spared_lib.engine import resolve_device
+    from spared_lib.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     dev = resolve_device(device)
     model, source = None, f"{backbone}, random init (seed {seed})"
@@ -195,8 +196,8 @@ def image_features(
     elif hasattr(model, "classifier"):
         model.classifier = torch.nn.Identity()
     model = model.eval().to(dev)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     n = len(patches)
     out = []
     with torch.no_grad():
