@@ -387,9 +387,8 @@ table.round(4)
 # %% [markdown]
 # On this chapter's data SpaCKLE is ahead of the median method {glue:text}`here_ahead`, lowering
 # its MSE by {glue:text}`here_red_min` to {glue:text}`here_red_max` depending on the masking, and
-# the train-mean fill's by {glue:text}`here_vs_mean` on average. The qualitative panel shows one gene on a test
-# slide as masking grows: the median's map turns flat where it falls back to the slide median,
-# SpaCKLE keeps the pattern.
+# the train-mean fill's by {glue:text}`here_vs_mean` on average. The qualitative panel shows one
+# gene on a test slide as masking grows.
 
 # %%
 gene_i = int(np.argmax(adata.var["d_log1p_moran"].to_numpy()))
@@ -403,8 +402,25 @@ for frac in show:
                   "median": r["median"]["completed"][:, gene_i],
                   "spackle": r["spackle"]["completed"][:, gene_i]}
 fig = plotting.qualitative_panel(adata, adata.var_names[gene_i], qual, slide, show, data_label=LABEL)
+top = show[-1]
+on = (adata.obs["slide_id"] == slide).to_numpy()
+hid = panels[top]["spackle"]["hidden"][on, gene_i]
+sd = {k: float(np.std(qual[top][k][on][hid])) for k in ("truth", "median", "spackle")}
+glue("q_gene", adata.var["gene_symbol"].iloc[gene_i], display=False)
+glue("q_frac", f"{top:.0%}", display=False)
+glue("q_sd_truth", f"{sd['truth']:.2f}", display=False)
+glue("q_sd_median", f"{sd['median']:.2f}", display=False)
+glue("q_sd_spackle", f"{sd['spackle']:.2f}", display=False)
+glue("q_flatter", "flatter than" if sd["median"] < sd["spackle"] else "no flatter than", display=False)
+glue("q_smoother", "Both vary less than the truth: neither can predict a spot's own noise."
+     if max(sd["median"], sd["spackle"]) < sd["truth"] else "", display=False)
 
 # %% [markdown]
+# At {glue:text}`q_frac` masking the hidden entries of {glue:text}`q_gene` on this slide vary with a
+# standard deviation of {glue:text}`q_sd_truth` in the truth; the median method's fills vary by
+# {glue:text}`q_sd_median` and SpaCKLE's by {glue:text}`q_sd_spackle`, so the median's map is
+# {glue:text}`q_flatter` SpaCKLE's. {glue:text}`q_smoother`
+#
 # ## Fig. 3 on every real dataset
 #
 # The paper's Fig. 3 pools SpaRED's datasets. Ours pools the real data at hand:
@@ -412,9 +428,10 @@ fig = plotting.qualitative_panel(adata, adata.var_names[gene_i], qual, slide, sh
 # her2st patient (consecutive sections: last one test), on her2st across its 7 patients (patient
 # H tests) and on the CytAssist Visium slide (spatial bands), at 10–70 % masking, three seeds each;
 # the table is committed with its provenance (printed above). Its `schedule` column says which
-# training schedule made each row: `cpu` (a smaller model, fewer steps: the whole table in under
-# an hour on a 2-core CPU) and, where it has been run on a GPU, `paper` (10,000 steps, batch 256,
-# d_model 128).
+# training schedule made each row: `cpu` (a smaller model, fewer steps, sized for the whole table
+# to run in under an hour on a 2-core CPU; the committed table took {glue:text}`tab_minutes`
+# minutes at load {glue:text}`tab_load`) and, where it has been run on a GPU, `paper` (10,000
+# steps, batch 256, d_model 128).
 
 # %%
 runs = pd.DataFrame(res["table_runs"])
@@ -435,6 +452,9 @@ glue("tab_goal", "meets" if a["reduction_vs_median_at_paper_fraction_%"] >= 85 e
 glue("tab_max_at", f"{per_frac.idxmax():.0%}", display=False)
 glue("tab_min_at", f"{per_frac.idxmin():.0%}", display=False)
 glue("tab_n", f"{runs['dataset'].nunique()}", display=False)
+glue("tab_minutes", f"{res['runs']['cpu']['table_s'] / 60:.0f}" if "cpu" in res["runs"] else "n/a", display=False)
+glue("tab_load", f"{res['table_provenance']['load_average_1_5_15_min'][0]:.1f} on "
+     f"{res['table_provenance']['machine']['cpus']} cores", display=False)
 print(f"schedules in the table: {sorted(runs['schedule'].unique())}; {runs['dataset'].nunique()} datasets, "
       f"seeds {sorted(int(v) for v in runs['seed'].unique())}; SpaCKLE options {res['spackle_options']}")
 datasets[["dataset", "schedule", "spots", "genes", "slides", "patients", "missing", "test_slides",
@@ -461,7 +481,7 @@ wide.columns = [f"{c:.0%}" for c in wide.columns]
 wide.round(1)
 
 # %% [markdown]
-# Over the {glue:text}`tab_n` real datasets and the `{glue:text}`tab_sched`` schedule, SpaCKLE lowers
+# Over the {glue:text}`tab_n` real datasets and the {glue:text}`tab_sched` schedule, SpaCKLE lowers
 # the median method's completion MSE by {glue:text}`tab_red_paper` on average at the paper's 30 %
 # masking (paper, over SpaRED: 82.5 %; our goal was 85 %, which this run
 # {glue:text}`tab_goal`) and by {glue:text}`tab_red_all` averaged over 10–70 %; it is behind the
