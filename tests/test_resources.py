@@ -16,6 +16,9 @@ def test_results_round_trip_with_provenance(tmp_path, monkeypatch):
     prov = data["provenance"]
     assert prov["command"] == "python x.py" and prov["machine"]["cpus"] >= 1
     assert len(prov["commit"] or "0" * 40) == 40 and prov["date"].endswith("UTC")
+    assert prov["commit_at_start"] == resources.COMMIT_AT_START
+    if prov["commit"]:  # in a git checkout: the cheap reader agrees with git itself
+        assert resources._head_commit() == prov["commit"]
 
 
 def test_missing_or_foreign_results_file_errors_name_the_file(tmp_path, monkeypatch):

@@ -38,6 +38,29 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _head_commit() -> str | None:
+    """The checked-out commit read from ``.git`` directly (no subprocess: cheap enough for import time)."""
+    git = Path(__file__).resolve().parents[2] / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return None
+
+
+#: The commit checked out when this process imported spared_lib.resources: a long benchmark run
+#: records it beside the commit at the time it writes its results.
+COMMIT_AT_START = _head_commit()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -72,6 +95,7 @@ def provenance(command: str | None = None) -> dict:
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "commit": _git("rev-parse", "HEAD"),
+        "commit_at_start": COMMIT_AT_START,
         "uncommitted_changes": bool(status) if status is not None else None,
         "command": command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "machine": machine,
