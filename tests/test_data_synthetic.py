@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from spared_lib.data import (gene_table, load_dataset, make_synthetic_dataset, read_visium,
-                             spot_spacing, synthetic_truth, visium_array)
+                             array_spot_spacing, synthetic_truth, visium_array)
 
 
 def test_visium_array_geometry():
@@ -127,8 +127,8 @@ def test_spot_spacing_hand_computed():
     # Square grid, 30 px pitch, rotated by 90 degrees: spacing 30 regardless of orientation.
     rc = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 3]])
     xy = np.c_[rc[:, 0] * 30.0, -rc[:, 1] * 30.0] + 5
-    assert spot_spacing(rc, xy, "square")[0] == pytest.approx(30.0)
+    assert array_spot_spacing(rc, xy, "square")[0] == pytest.approx(30.0)
     # Hex: array columns 2 apart are one pitch (here 40 px) apart.
     rc = np.array([[0, 0], [0, 2], [1, 1], [1, 3]])
     xy = np.c_[rc[:, 1] * 20.0, rc[:, 0] * 20.0 * np.sqrt(3)]
-    assert spot_spacing(rc, xy, "hex")[0] == pytest.approx(40.0)
+    assert array_spot_spacing(rc, xy, "hex")[0] == pytest.approx(40.0)

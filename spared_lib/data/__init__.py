@@ -10,7 +10,7 @@ from .genes import gene_table, symbols_to_ids
 from .images import image_size, open_image
 from .load import dataset_root, load_dataset
 from .paths import cache_dir, fixtures_dir
-from .readers import read_h5ad, read_positions, read_scalefactors, read_visium, spot_spacing
+from .readers import read_h5ad, read_positions, read_scalefactors, read_visium, array_spot_spacing
 from .registry import (DATASETS, EXTRA_DATASETS, DatasetInfo, RemoteFile, datasets_table,
                        get_dataset, integrity)
 from .st import read_st
@@ -22,7 +22,7 @@ __all__ = [
     "MIRROR_ENV", "RemoteFile", "assign_splits", "build_mirror", "cache_dir", "crop_slides", "dataset_root", "datasets_table",
     "check_format", "fetch", "fetch_dataset", "fixture_dataset", "fixtures_dir", "gene_table", "get_dataset",
     "image_size", "integrity", "load_dataset", "make_synthetic_dataset", "open_image", "read_h5ad",
-    "read_positions", "read_scalefactors", "read_st", "read_visium", "resolve_dataset", "spot_spacing",
+    "read_positions", "read_scalefactors", "read_st", "read_visium", "resolve_dataset", "array_spot_spacing",
     "symbols_to_ids", "synthetic_truth", "visium_array",
 ]
 

@@ -29,14 +29,17 @@ POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_i
 FULLRES_SUFFIXES = (".tif", ".tiff", ".btf", ".jpg", ".jpeg", ".png")
 
 
-def spot_spacing(array_rc: np.ndarray, pixel_xy: np.ndarray, grid: str) -> tuple[float, np.ndarray]:
+def array_spot_spacing(array_rc: np.ndarray, pixel_xy: np.ndarray, grid: str) -> tuple[float, np.ndarray]:
     """Centre-to-centre distance of neighbouring spots in pixels, fitted from the data.
 
     Fits the affine map from array coordinates (row, col) to pixels by least squares over all
     given spots, then measures the step to a neighbour: ``(0, 2)`` on the Visium hex grid (array
     columns advance by 2 between neighbours in one row), ``(0, 1)`` on a square grid.
 
-    Returns the spacing and the 2 x 2 linear part of the fit (pixels per array unit).
+    Returns the spacing and the 2 x 2 linear part of the fit (pixels per array unit). The readers
+    store it as ``scalefactors['spot_spacing_fullres']``; neighbour radii use
+    :func:`spared_lib.preprocessing.spot_spacing`, the median nearest-spot distance of the spots
+    actually present (the two agree on a full grid).
 
     Defined in ``notebooks/01_spared_database.py``.
     """
@@ -52,10 +55,10 @@ def spot_spacing(array_rc: np.ndarray, pixel_xy: np.ndarray, grid: str) -> tuple
 
 
 def fitted_spacing(array_rc, pixel_xy, grid: str, path) -> float:
-    """:func:`spot_spacing` for a file's spots; a degenerate layout (all spots on one line, or
+    """:func:`array_spot_spacing` for a file's spots; a degenerate layout (all spots on one line, or
     pixel positions that do not follow the array) is an error naming the file."""
     try:
-        spacing, _ = spot_spacing(array_rc, pixel_xy, grid)
+        spacing, _ = array_spot_spacing(array_rc, pixel_xy, grid)
     except ValueError as err:
         raise DataFileError(path, f"cannot fit the spot spacing: {err}") from err
     if not np.isfinite(spacing) or spacing <= 0:
