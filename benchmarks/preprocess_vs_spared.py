@@ -178,8 +178,10 @@ def run_spared(adata, cfg: dict, moran_perms=1000) -> tuple[dict, dict]:
         a = filtering.filter_dataset(a, params)
         steps["filter"] = time.perf_counter() - t
         res["filtered_genes"], res["filtered_spots"] = list(a.var_names), list(a.obs_names)
-        a.layers["counts"] = a.X.toarray()
         t = time.perf_counter()
+        # spared's process_dataset makes the dense counts layer right before its TPM step
+        # (spared/layer_operations/layer_operations.py); ours converts inside its TPM step
+        a.layers["counts"] = a.X.toarray()
         a = lo.tpm_normalization(a, cfg["organism"], from_layer="counts", to_layer="tpm")
         steps["tpm"] = time.perf_counter() - t
         t = time.perf_counter()
