@@ -56,12 +56,7 @@ import pandas as pd
 
 from spared_lib import data, plotting
 
-try:  # the book's numbers in the prose come from these cells (myst-nb); on Colab glue just shows them
-    from myst_nb import glue
-except ImportError:
-    def glue(name, value, display=True):
-        if display:
-            print(f"{name}: {value}")
+glue = plotting.glue  # the book's numbers in the prose come from the cells (myst-nb)
 
 # %% [markdown]
 # ## 26 datasets in one table

@@ -63,12 +63,7 @@ import torch
 
 from spared_lib import completion, data, plotting, preprocessing, resources
 
-try:  # the book's numbers in the prose come from these cells (myst-nb); on Colab glue just shows them
-    from myst_nb import glue
-except ImportError:
-    def glue(name, value, display=True):
-        if display:
-            print(f"{name}: {value}")
+glue = plotting.glue  # the book's numbers in the prose come from the cells (myst-nb)
 
 if FAST:
     # CI shares 2 CPU cores between jobs: one OpenMP thread is faster than two competing ones

@@ -72,12 +72,7 @@ from spared_lib.models import MODELS, PATCH_MODELS, build_model, count_parameter
 from spared_lib.preprocessing import IMAGENET_MEAN, IMAGENET_STD, dihedral
 from spared_lib.training import fit, normalise, predict, random_dihedral
 
-try:  # the book's numbers in the prose come from these cells (myst-nb); on Colab glue just shows them
-    from myst_nb import glue
-except ImportError:
-    def glue(name, value, display=True):
-        if display:
-            print(f"{name}: {value}")
+glue = plotting.glue  # the book's numbers in the prose come from the cells (myst-nb)
 
 torch.manual_seed(SEED)
 if FAST:

@@ -88,12 +88,7 @@ from IPython.display import HTML, display
 
 from spared_lib import benchmark, completion, data, plotting, preprocessing, training, widgets
 
-try:  # the book's numbers in the prose come from these cells (myst-nb); on Colab glue just shows them
-    from myst_nb import glue
-except ImportError:
-    def glue(name, value, display=True):
-        if display:
-            print(f"{name}: {value}")
+glue = plotting.glue  # the book's numbers in the prose come from the cells (myst-nb)
 
 spackle_schedule = {} if SPACKLE_STEPS is None else {"steps": SPACKLE_STEPS}
 

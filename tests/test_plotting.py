@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import figcheck  # noqa: E402
 from spared_lib.plotting._common import _ax  # noqa: E402
 
-NOT_FIGURES = {"gene_index", "gene_label", "layer_unit", "slide_image"}
+NOT_FIGURES = {"gene_index", "gene_label", "glue", "layer_unit", "slide_image"}
 FIGURES = sorted(n for n, f in vars(plotting).items()
                  if callable(f) and not n.startswith("_") and n not in NOT_FIGURES and n != "EXPRESSION_UNIT")
 
@@ -335,3 +335,12 @@ def test_overlap_check_reads_each_line_of_a_title():
     assert overlaps(two_titles(f"short\n{long_a}", f"short\n{long_b}")) == [(long_a, long_b)]
     # the long lines on different rows: the boxes of the whole titles meet, their lines do not
     assert overlaps(two_titles(f"short\n{long_a}", f"{long_b}\nshort")) == []
+
+
+def test_glue_without_myst_nb_prints_the_value(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # as on Colab, where myst-nb is not installed
+    plotting.glue("n_spots", 123)
+    plotting.glue("hidden", 4, display=False)
+    assert capsys.readouterr().out == "n_spots: 123\n"

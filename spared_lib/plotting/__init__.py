@@ -6,7 +6,7 @@ to draw on (one, or one per panel; a new figure when None), ``data_label=`` name
 title, the function returns the figure, and colour bars of expression carry their unit
 (:data:`EXPRESSION_UNIT`, log2(TPM+1)).
 """
-from ._common import EXPRESSION_UNIT, gene_index, gene_label, layer_unit  # noqa: F401
+from ._common import EXPRESSION_UNIT, gene_index, gene_label, glue, layer_unit  # noqa: F401
 from .spatial import spatial_scatter, slide_image  # noqa: F401
 from .database import plot_database_overview, plot_gene_detection, plot_missing_fraction, plot_split_sizes  # noqa: F401
 from .benchmark import (plot_best_model_pie, plot_best_pcc, plot_metric_vs_params, plot_mse_vs_params,  # noqa: F401

@@ -175,3 +175,22 @@ def _label_points(ax, x, y, labels, colors=None, fontsize=8, marker_px=5.0):
         texts.append(chosen[0])
         placed.append(chosen[1])
     return texts
+
+
+def glue(name: str, value, display: bool = True):
+    """Store ``value`` under ``name`` for the book's prose (myst-nb's ``glue``), or just show it.
+
+    In the book build myst-nb is installed and ``{glue:text}`name``` in a chapter's prose shows the
+    value a cell computed, so the text always agrees with the outputs. Where myst-nb is absent (a Colab
+    run installs only the library) the value is printed when ``display`` is true, which is what a
+    reader running the notebook wants to see.
+
+    Introduced in ``notebooks/01_spared_database.py``.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            print(f"{name}: {value}")
+        return
+    myst_glue(name, value, display=display)
