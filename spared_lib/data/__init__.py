@@ -5,7 +5,6 @@ Introduced in ``notebooks/01_spared_database.py``. Heavy libraries (scanpy, annd
 inside the functions that need them.
 """
 from .checks import DataFileError
-from .fixtures import FIXTURES, fixture_dataset, resolve_dataset
 from .genes import gene_table, symbols_to_ids
 from .images import image_size, open_image
 from .load import dataset_root, load_dataset
@@ -29,10 +28,16 @@ __all__ = [
 
 def __getattr__(name):
     # Downloads (urllib, filelock) are loaded on first use only.
-    if name in ("check_format", "fetch", "fetch_dataset", "DownloadError", "MIRROR_ENV", "check_format"):
+    if name in ("check_format", "fetch", "fetch_dataset", "DownloadError", "MIRROR_ENV"):
         from . import download
 
         return getattr(download, name)
+    # Loaded on first use too, so that `python -m spared_lib.data.fixtures` runs a module the package
+    # has not imported already (runpy warns otherwise).
+    if name in ("FIXTURES", "fixture_dataset", "resolve_dataset"):
+        from . import fixtures
+
+        return getattr(fixtures, name)
     if name == "build_mirror":
         from .mirror import build_mirror
 

@@ -21,21 +21,36 @@ def gene_lengths(var_names, organism: str) -> np.ndarray:
     return table["length"].reindex(np.asarray(var_names)).to_numpy(dtype=np.float64)
 
 
-def tpm_array(counts, lengths: np.ndarray, return_scale: bool = False):
+def tpm_array(counts, lengths: np.ndarray, return_scale: bool = False, out: np.ndarray | None = None):
     """TPM of a (spots, genes) count matrix: counts / length, each spot rescaled to sum 1e6.
 
     Spots with no count give 0 (not NaN). Returns float64, dense; with ``return_scale`` also the
     ``(n, 1)`` per-spot divisor, so the TPM of a gene subset can be recomputed bit for bit
-    (:func:`tpm_subset`) without keeping the whole matrix.
+    (:func:`tpm_subset`) without keeping the whole matrix. A sparse ``counts`` is normalised on its
+    stored entries only and written once into the dense result (``out``: a zeroed float64 buffer
+    of the right shape, filled in place).
 
     Defined in ``notebooks/02_preprocessing.py``.
     """
-    C = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    out = C / np.asarray(lengths, dtype=np.float64)[None, :]
-    scale = out.sum(axis=1, keepdims=True) / 1e6
+    lengths = np.asarray(lengths, dtype=np.float64)
+    if sp.issparse(counts):
+        C = sp.csr_matrix(counts)
+        rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
+        # most entries are zeros: dividing, summing and rescaling only the stored ones is what
+        # makes this step cheaper than densifying first
+        vals = C.data / lengths[C.indices]
+        scale = (np.bincount(rows, weights=vals, minlength=C.shape[0]) / 1e6)[:, None]
+        np.divide(vals, scale[rows, 0], out=vals, where=scale[rows, 0] > 0)
+        if out is None:
+            out = np.zeros(C.shape)
+        sp.csr_matrix((vals, C.indices, C.indptr), shape=C.shape).toarray(out=out)
+        return (out, scale) if return_scale else out
+    C = np.asarray(counts)
+    res = np.divide(C, lengths[None, :], out=out)
+    scale = res.sum(axis=1, keepdims=True) / 1e6
     # a spot without counts keeps its zeros (0 / 0 would be NaN)
-    np.divide(out, scale, out=out, where=scale > 0)
-    return (out, scale) if return_scale else out
+    np.divide(res, scale, out=res, where=scale > 0)
+    return (res, scale) if return_scale else res
 
 
 def tpm_subset(counts, lengths: np.ndarray, scale: np.ndarray) -> np.ndarray:

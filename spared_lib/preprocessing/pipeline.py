@@ -236,18 +236,19 @@ def _log_expression(X: sp.csr_matrix, spots, genes, lengths, steps) -> tuple[np.
     """log2(TPM + 1) of every filtered gene in one (spots, genes) float64 buffer, and the per-spot
     TPM divisor.
 
-    TPM is computed a block of rows at a time (:func:`tpm_array` on each block's dense counts),
+    TPM is computed a block of rows at a time (:func:`tpm_array` on each block's stored counts),
     straight into the buffer, and log2 in place: one large array instead of dense counts plus TPM
     (arrays above glibc's 32-MB mmap threshold are fresh pages every time, and at SpaRED's largest
     size the page faults cost more than the arithmetic). The TPM of all genes is not kept: the
     selected genes' is recomputed from the divisor.
     """
-    out = np.empty((len(spots), len(genes)))
+    out = np.zeros((len(spots), len(genes)))  # tpm_array adds the stored entries into zeros
     scale = np.empty((len(spots), 1))
     for r0, b in csr_blocks(X):
         lo, hi = np.searchsorted(spots, [r0, r0 + b.shape[0]])
         if hi > lo:
-            out[lo:hi], scale[lo:hi] = tpm_array(b[spots[lo:hi] - r0][:, genes], lengths, return_scale=True)
+            _, scale[lo:hi] = tpm_array(b[spots[lo:hi] - r0][:, genes], lengths, return_scale=True,
+                                        out=out[lo:hi])
     steps.done("tpm")
     log1p = log1p_array(out, out=out)
     steps.done("log1p")
