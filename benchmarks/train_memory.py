@@ -15,7 +15,8 @@ this measures in its own process (so that peaks do not mix):
   two figures above predict for it (weights + fixed + activations + the process before the step);
 - ``peak_256_gb``: the predicted peak of one fp32 step at the paper's batch of 256 (slide models:
   one her2st slide), i.e. whether batch 256 fits without micro-batches;
-- ``gflop_per_sample``: forward + backward FLOPs per sample (``torch.utils.flop_counter``).
+- ``gflop_per_sample``: forward + backward FLOPs per sample (``torch.utils.flop_counter``);
+  and SpaCKLE's FLOPs per training step (the completed targets train it first).
 
 GPU figures (bf16 activations, cuDNN workspaces, the allocator's real peak) need a GPU: none was
 lent when this file was committed. The script measures them when CUDA is visible (``--devices
@@ -156,6 +157,26 @@ def measure(name: str, n_genes: int, step_batch: int, slide_spots: int, device: 
     return out
 
 
+def measure_spackle(device: str) -> dict:
+    """Forward + backward FLOPs of one SpaCKLE training step at the library's sizes (batch 256), on
+    the her2st sections with H&E (32 genes): the FLOPs of a 4-step and a 2-step run, each validated
+    once at its end, differ by two training steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from spared_lib import data, preprocessing
+    from spared_lib.completion import train_spackle
+
+    adata = preprocessing.preprocess(data.load_dataset(data.resolve_dataset("her2st_hne"), load_images=False),
+                                     progress=False)
+    counts = []
+    for steps in (2, 4):
+        with FlopCounterMode(display=False) as flops:
+            train_spackle(adata, steps=steps, val_every=steps, device=device, progress=False)
+        counts.append(flops.get_total_flops())
+    return {"model": "spackle", "display": "SpaCKLE", "genes": int(adata.n_vars),
+            "gflop_per_step": (counts[1] - counts[0]) / 2 / 1e9}
+
+
 def run_one(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--one", name, "--genes", str(args.genes), "--step-batch", str(args.step_batch),
            "--slide-spots", str(args.slide_spots), "--devices", args.devices]
@@ -168,7 +189,10 @@ def run_one(name: str, args) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="all", help="'all' or comma-separated registry names")
+    ap.add_argument("--models", default="all", help="'all' (the ten models and SpaCKLE) or comma-separated names "
+                                                     "(registry names, 'spackle')")
+    ap.add_argument("--update", action="store_true",
+                    help="re-measure only --models and keep the other rows of the committed results file")
     ap.add_argument("--genes", type=int, default=32, help="predicted genes (her2st: 32)")
     ap.add_argument("--step-batch", type=int, default=4, help="samples of the measured real step")
     ap.add_argument("--slide-spots", type=int, default=HER2ST_SLIDE_SPOTS)
@@ -177,12 +201,16 @@ def main() -> int:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.genes, args.step_batch, args.slide_spots, args.devices)), flush=True)
+        res = (measure_spackle(args.devices) if args.one == "spackle"
+               else measure(args.one, args.genes, args.step_batch, args.slide_spots, args.devices))
+        print(json.dumps(res), flush=True)
         return 0
 
     from spared_lib.models import MODELS
 
-    names = list(MODELS) if args.models == "all" else [m.strip() for m in args.models.split(",")]
+    names = [*MODELS, "spackle"] if args.models == "all" else [m.strip() for m in args.models.split(",")]
+    want_spackle = "spackle" in names
+    names = [n for n in names if n != "spackle"]
     rows = []
     print(f"{'model':<11} {'params':>13} {'weights':>8} {'fixed':>7} {'act/sample':>11} {'GFLOP':>7} "
           f"{'peak@256':>9} {'step(meas.)':>12} {'step(model)':>12}  (GiB, fp32, {args.devices})", flush=True)
@@ -197,12 +225,26 @@ def main() -> int:
         print(f"{r['display']:<11} {r['params']:>13,} {r['weights_gb']:8.2f} {r['fixed_gb']:7.2f} "
               f"{r['act_gb_per_sample']:11.4f} {r['gflop_per_sample']:7.1f} {r['peak_256_gb']:9.1f} {meas} {model}"
               + (f"  ({r['step_skipped']})" if "step_skipped" in r else ""), flush=True)
+    spackle = None
+    if want_spackle:
+        spackle = run_one("spackle", args)
+        print(f"SpaCKLE: {spackle.get('gflop_per_step', float('nan')):.0f} GFLOP per training step (batch 256)"
+              + (f"  failed: {spackle['error']}" if "error" in spackle else ""), flush=True)
     if not args.no_save:
-        from spared_lib.resources import save_result
+        from spared_lib.resources import load_result, save_result
 
-        path = save_result("train_memory", {"genes": args.genes, "slide_spots": args.slide_spots,
-                                            "step_batch": args.step_batch, "device": args.devices, "models": rows},
-                           command=f"python benchmarks/train_memory.py --devices {args.devices}")
+        results = {"genes": args.genes, "slide_spots": args.slide_spots, "step_batch": args.step_batch,
+                   "device": args.devices, "models": rows, "spackle": spackle}
+        command = f"python benchmarks/train_memory.py --devices {args.devices}"
+        if args.update:  # keep the committed rows of what was not measured now
+            old = load_result("train_memory")
+            done = {r["model"] for r in rows}
+            results["models"] = [r for r in old["results"]["models"] if r["model"] not in done] + rows
+            results["spackle"] = spackle if want_spackle else old["results"].get("spackle")
+            results["updated"] = {"rows": sorted(done | ({"spackle"} if want_spackle else set())),
+                                  "earlier_rows_from": old["provenance"]}
+            command += f" --models {args.models} --update"
+        path = save_result("train_memory", results, command=command)
         print(f"wrote {path}")
     return 0
 

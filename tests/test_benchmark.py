@@ -423,5 +423,70 @@ def test_grid_cost_by_hand():
     assert cost.loc["histogene", "min_per_run"] == pytest.approx(2.0)  # one slide of 100 spots per step
     assert not cost.loc["hist2st", "fits"] and np.isnan(cost.loc["hist2st", "hours"])  # 16 GB > 15 GB
     assert cost.loc["total", "hours"] == pytest.approx(4 / 60 + 8 / 60)
+    # SpaCKLE before the completed targets: 10,000 steps of 3 GFLOP = 30 TFLOP = 0.5 min per dataset
+    memory["spackle"] = {"gflop_per_step": 3.0}
+    cost = grid_cost(memory, ["shufflenet"], n_lrs=3, steps=600, batch_size=100, gpu=gpu, n_datasets=2)
+    assert cost.loc["spackle", "runs"] == 2 and cost.loc["spackle", "min_per_run"] == pytest.approx(0.5)
+    assert cost.loc["total", "hours"] == pytest.approx(2 * 4 / 60 + 2 * 0.5 / 60)
+    assert "spackle" not in grid_cost(memory, ["shufflenet"], targets=["raw"], gpu=gpu).index
     with pytest.raises(KeyError, match="train_memory"):
         grid_cost(memory, ["vit_b"])
+
+
+def test_chapter_6_defaults_fit_one_colab_session():
+    """Issue 13 §7: the chapter's defaults are one Colab session's work on a T4 (by the committed
+    per-model FLOPs and the stated T4 throughput), stop themselves before the session's 12-hour
+    limit, keep the table on Google Drive, and the chapter gives the command that continues."""
+    import jupytext
+
+    from spared_lib.benchmark import COLAB_T4, grid_cost, plan_sessions
+    from spared_lib.models import MODELS
+    from spared_lib.resources import load_result
+
+    source = Path(__file__).resolve().parents[1] / "notebooks" / "06_benchmark.py"
+    nb = jupytext.read(source)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    p: dict = {}
+    exec(cell.source, p)  # noqa: S102 - the chapter's own plain-values cell
+    models = list(MODELS) if p["MODELS"] == "all" else p["MODELS"].split(",")
+    assert p["PRETRAINED"] == "imagenet" and p["SIZE"] == "paper" and p["BATCH_SIZE"] == 256
+    assert p["STEPS"] == 1000 and p["SPACKLE_STEPS"] is None and p["MICRO_BATCH"] == "auto"
+    memory = load_result("train_memory")["results"]
+    kw = dict(n_lrs=p["N_LRS"], n_datasets=len(p["DATASETS"].split(",")), steps=p["STEPS"],
+              batch_size=p["BATCH_SIZE"], gpu=COLAB_T4)
+    cost = grid_cost(memory, models, p["TARGETS"].split(","), **kw)
+    assert cost.loc["total", "hours"] < p["MAX_HOURS"] < 12
+    # the defaults are the first session of the whole grid's plan, which the chapter prints
+    plan = plan_sessions(grid_cost(memory, list(MODELS), p["TARGETS"].split(","), **kw), hours=8)
+    assert set(models) == set(plan.models.iloc[0])
+    assert plan[plan.fits].hours.max() <= p["MAX_HOURS"]
+    text = source.read_text()
+    assert "/content/drive/MyDrive/spared-book/benchmark" in text and "drive.mount" in text
+    assert "--max-hours 11" in text and "python -m spared_lib.benchmark --datasets {DATASETS}" in text
+
+
+def test_stage_1_runs_are_priced_as_the_base_model_and_sessions_keep_pairs_together():
+    from spared_lib.benchmark import GPU, grid_cost, plan_sessions
+
+    m = lambda name, g, batching="spot", w=0.1: {"model": name, "batching": batching,  # noqa: E731
+                                                 "gflop_per_sample": g, "weights_gb": w, "fixed_gb": w}
+    memory = {"slide_spots": 100, "models": [m("vit_b_delta", 10.0), m("sepal", 0.0), m("vit_b", 10.0),
+                                             m("shufflenet", 1.0), m("hist2st", 1.0, "slide", 9.0)]}
+    gpu = GPU("test", memory_gb=15, tflops=1.0)
+    kw = dict(n_lrs=3, steps=600, batch_size=100, gpu=gpu)
+    alone = grid_cost(memory, ["sepal"], **kw)
+    # SEPAL alone: 4 stage-1 ViT-B+Δ runs (3 searched lrs + the completed final) of 10 minutes each
+    assert alone.loc["sepal", "hours"] == pytest.approx(4 * 10 / 60)
+    cost = grid_cost(memory, ["vit_b_delta", "sepal", "vit_b", "shufflenet", "hist2st"], **kw)
+    assert cost.loc["sepal", "hours"] == pytest.approx(1 * 10 / 60)  # only the completed final's stage 1
+    plan = plan_sessions(cost, hours=0.8)
+    first = plan.models.iloc[0]
+    assert {"vit_b_delta", "sepal"} <= set(first) or {"vit_b_delta", "sepal"}.isdisjoint(first)
+    together = [set(ms) for ms in plan.models if "sepal" in ms][0]
+    assert "vit_b_delta" in together
+    assert plan.iloc[-1].models == ["hist2st"] and not plan.iloc[-1].fits  # 9 + 9 GB > 15 GB
+    # each session within the budget, except one holding a single unit longer than it (ViT-B+Δ with
+    # SEPAL: 50 minutes), which continues in the next session by resuming
+    for _, row in plan[plan.fits].iterrows():
+        assert row.hours <= 0.8 + 1e-9 or row.models == ["vit_b_delta", "sepal"]
+    assert sorted(sum(plan.models, [])) == sorted(["vit_b_delta", "sepal", "vit_b", "shufflenet", "hist2st"])

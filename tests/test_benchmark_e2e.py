@@ -47,10 +47,18 @@ def test_completed_targets_use_spackle_at_the_library_default(tiny, tmp_path, mo
     for name in ("a", "b"):  # the prepared raw data, completed on top (as a resumed benchmark does)
         shutil.copytree(tiny[0] / "prepared", tmp_path / name / "prepared")
     adata, _ = prepare_dataset("synthetic", targets=("raw", "completed"), out_dir=tmp_path / "a", progress=False)
-    assert "steps" not in seen[0] and "c_t_log1p" in adata.layers  # train_spackle's own default decides
+    from spared_lib.completion.train import PAPER_STEPS
+
+    assert seen[0]["steps"] == PAPER_STEPS == 10_000 and "c_t_log1p" in adata.layers
     prepare_dataset("synthetic", targets=("raw", "completed"), out_dir=tmp_path / "b", progress=False,
                     spackle_steps=30)
     assert seen[1]["steps"] == 30
+    # the cached completion is reused only for the same SpaCKLE steps; other steps redo it
+    again, _ = prepare_dataset("synthetic", targets=("raw", "completed"), out_dir=tmp_path / "b",
+                               progress=False, spackle_steps=30)
+    assert len(seen) == 2 and again.uns["spackle_steps"] == 30
+    prepare_dataset("synthetic", targets=("raw", "completed"), out_dir=tmp_path / "b", progress=False)
+    assert len(seen) == 3 and seen[2]["steps"] == PAPER_STEPS
 
 
 def test_real_fit_end_to_end_and_resume(tiny, tmp_path):

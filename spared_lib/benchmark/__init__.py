@@ -11,7 +11,7 @@ Nothing here imports torch at import time; training happens in
 Introduced in ``notebooks/06_benchmark.py``.
 """
 from .baseline import TRAIN_MEAN, train_mean_metrics, train_mean_results
-from .budget import COLAB_T4, GPU, grid_cost
+from .budget import COLAB_T4, GPU, grid_cost, plan_sessions
 from .cells import Job, run_cell
 from .grid import KEY_COLUMNS, STAGE1_OF, STAGES, TARGETS, Cell, count_runs, lr_grid, parse_targets
 from .prepare import dataset_info, prepare_dataset
@@ -24,5 +24,5 @@ __all__ = [
     "TARGETS", "STAGES", "STAGE1_OF", "KEY_COLUMNS", "Cell", "Job", "lr_grid", "parse_targets", "count_runs",
     "run_benchmark", "run_cell", "select_lr", "final_results", "ResultsStore", "COLUMNS", "dataset_info",
     "prepare_dataset", "CITATION", "load_published_results", "compare_with_published", "normalised_mse",
-    "best_per_dataset", "GPU", "COLAB_T4", "grid_cost", "TRAIN_MEAN", "train_mean_metrics", "train_mean_results",
+    "best_per_dataset", "GPU", "COLAB_T4", "grid_cost", "plan_sessions", "TRAIN_MEAN", "train_mean_metrics", "train_mean_results",
 ]

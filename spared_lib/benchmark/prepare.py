@@ -32,8 +32,8 @@ def dataset_info(name: str, cache: Path, seed: int = 0, synthetic_kwargs: dict |
         kw = {"n_slides": 3, "n_spots": 600, "n_genes": 400, "n_prediction_genes": 32, "seed": seed,
               **(synthetic_kwargs or {})}
         return data.make_synthetic_dataset(cache / "raw", overwrite=True, **kw)
-    if name in data.FIXTURES and data.fixtures_dir() is not None:
-        return data.fixture_dataset(name)
+    if name in data.FIXTURES:
+        return data.resolve_dataset(name)
     return name  # a registry key or a folder with dataset.json: load_dataset says what is wrong
 
 
@@ -77,7 +77,9 @@ def prepare_dataset(name: str, targets: Sequence[str] = ("raw", "completed"), ou
     want_completed = "completed" in targets
     if ready.exists():
         adata = ad.read_h5ad(h5)
-        if want_completed and "c_t_log1p" not in adata.layers:
+        # a completion made with other SpaCKLE steps (e.g. a fast run into the same folder) is redone
+        stale = adata.uns.get("spackle_steps") != _spackle_steps(spackle_steps)
+        if want_completed and ("c_t_log1p" not in adata.layers or stale):
             _complete(adata, cache, seed, spackle_steps, device, progress)
             adata.write_h5ad(h5)
         return adata, np.load(npy, mmap_mode="r")
@@ -96,10 +98,17 @@ def prepare_dataset(name: str, targets: Sequence[str] = ("raw", "completed"), ou
     return adata, np.load(npy, mmap_mode="r")
 
 
+def _spackle_steps(steps: int | None) -> int:
+    from spared_lib.completion.train import PAPER_STEPS
+
+    return PAPER_STEPS if steps is None else int(steps)
+
+
 def _complete(adata, cache: Path, seed: int, steps: int | None, device: str, progress: bool) -> None:
     from spared_lib.completion import complete, train_spackle
 
-    kw = {} if steps is None else {"steps": int(steps)}
-    model, _ = train_spackle(adata, seed=seed, device=device, out_dir=cache, progress=progress, **kw)
+    model, _ = train_spackle(adata, steps=_spackle_steps(steps), seed=seed, device=device, out_dir=cache,
+                             progress=progress)
     complete(adata, model, device=device)
+    adata.uns["spackle_steps"] = _spackle_steps(steps)
 

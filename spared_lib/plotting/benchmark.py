@@ -140,7 +140,8 @@ def plot_best_model_pie(results: pd.DataFrame, *, data_label: str | None = None,
     colors = sns.color_palette("tab10", len(wins))
     ax.pie(wins.values, labels=wins.index, colors=colors, autopct=lambda p: f"{p:.0f}%",
            startangle=90, counterclock=False, textprops={"fontsize": 8})
-    ax.set(title=_title(f"Best {metric}: share of {int(wins.sum())} datasets", label))
+    # padding: the labels of wedges at the top sit just under the title otherwise
+    ax.set_title(_title(f"Best {metric}: share of {int(wins.sum())} datasets", label), pad=16)
     ax.axis("equal")
     return fig
 

@@ -60,6 +60,12 @@ class FitResult:
         ``(len(eval_index), G)`` predictions on ``eval_split`` in log1p space.
     eval_index
         Row positions (in ``adata``) of the evaluated spots.
+    extra
+        How the run went: ``steps`` (after ``SPARED_MAX_STEPS``), ``lr``, ``batch_size``,
+        ``micro_batch_size`` and ``accumulate_grad_batches``, ``precision``, ``pretrained``,
+        ``peak_memory_gb`` (GPU: the allocator's peak; CPU: the process's resident peak),
+        ``memory_plan`` (what ``'auto'`` measured) and, for slide models, ``slide_input``
+        (whole slides or crops of at most N spots).
     """
 
     model: Any
