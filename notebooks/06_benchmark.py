@@ -317,7 +317,9 @@ real_res = pd.DataFrame(rr["final"])
 real_base = pd.DataFrame(rr["train_mean"])
 cols = ["model", "target", "lr", "MSE", "PCC-Gene", "R2-Gene", "n_params", "wall_time_s"]
 shown = pd.concat([real_res, real_base], ignore_index=True)[cols]
-shown.assign(model=shown.model.map(lambda m: REGISTRY[m].display if m in REGISTRY else "train mean"))
+(shown.assign(model=shown.model.map(lambda m: REGISTRY[m].display if m in REGISTRY else "train mean"))
+ .style.format({"lr": "{:g}", "MSE": "{:.3f}", "PCC-Gene": "{:.3f}", "R2-Gene": "{:.3f}", "n_params": "{:,.0f}",
+                "wall_time_s": "{:.0f}"}, na_rep="—").hide(axis="index"))
 
 # %%
 best = real_res.loc[real_res.MSE.idxmin()]
@@ -424,7 +426,7 @@ fig.set_size_inches(9, 4)
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=100, layout="constrained",
                                gridspec_kw={"width_ratios": [1, 1.4]})
 plotting.plot_best_model_pie(pub, ax=ax1, data_label="published SpaRED results")
-plotting.plot_mse_vs_params(pub, ax=ax2, data_label="published SpaRED results")
+fig = plotting.plot_mse_vs_params(pub, ax=ax2, data_label="published SpaRED results")  # shown once, at the end
 
 # %%
 best_pub = benchmark.best_per_dataset(pub, "MSE").model.value_counts()

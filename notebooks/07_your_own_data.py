@@ -383,13 +383,13 @@ beats = bool(model_row["MSE"] < mean_row["MSE"] and model_row["PCC-Gene"] > 0)
 glue("model_steps", f"{steps_run:,}", display=False)
 glue("model_verdict", "beats" if beats else "does not beat yet", display=False)
 glue("model_mse", f"{model_row['MSE']:.3f}", display=False)
-glue("mean_mse", f"{mean_row['MSE']:.3f}", display=False)
+glue("model_mean_mse", f"{mean_row['MSE']:.3f}", display=False)
 glue("model_pcc", f"{model_row['PCC-Gene']:.2f}", display=False)
 metrics if beats or not FAST else machinery_check(metrics, f"{MODEL} after {steps_run} steps on {MODEL_DATA}")
 
 # %% [markdown]
 # After {glue:text}`model_steps` steps the model {glue:text}`model_verdict` the train-mean baseline
-# on the held-out spots: MSE {glue:text}`model_mse` against {glue:text}`mean_mse`, and a PCC-Gene of
+# on the held-out spots: MSE {glue:text}`model_mse` against {glue:text}`model_mean_mse`, and a PCC-Gene of
 # {glue:text}`model_pcc` (the baseline's is 0: it predicts the same value for every spot). A
 # model that beats it has learnt something from the image about each spot beyond the average spot.
 

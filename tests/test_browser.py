@@ -66,7 +66,8 @@ PAGE_PROBE = r"""
     cellOutputs: document.querySelectorAll(".cell_output").length,
     outputs: Array.from(document.querySelectorAll(".cell_output")).map(o => o.innerText.slice(0, 20000)),
     tables: Array.from(document.querySelectorAll(".cell_output table")).map(t => {
-      const cells = Array.from(t.querySelectorAll("tbody td")).map(td => td.innerText.trim());
+      // textContent, not innerText: a table in a folded output (hide-output) has no rendered text
+      const cells = Array.from(t.querySelectorAll("tbody td")).map(td => td.textContent.trim());
       const main = (document.querySelector("main") || document.body).getBoundingClientRect();
       let box = null;
       for (let el = t; el && el !== document.body; el = el.parentElement) {
@@ -74,7 +75,7 @@ PAGE_PROBE = r"""
         if (ox === "auto" || ox === "scroll") { box = el; break; }
       }
       const right = (box || t).getBoundingClientRect().right;
-      return {cells: cells, head: t.innerText.slice(0, 200), width: t.scrollWidth,
+      return {cells: cells, head: t.textContent.trim().slice(0, 200), width: t.scrollWidth,
               scrolls: box !== null, overflows: right > main.right + 1};
     }),
   });
