@@ -9,6 +9,7 @@ from spared_lib.engine import resolve_device
 
 from .data import normalise, random_dihedral
 from .fit import FitOptions, FitResult, accumulation, fit, predict
+from .memory import DoesNotFit
 
-__all__ = ["FitOptions", "FitResult", "accumulation", "fit", "normalise",
+__all__ = ["DoesNotFit", "FitOptions", "FitResult", "accumulation", "fit", "normalise",
            "predict", "random_dihedral", "resolve_device"]
