@@ -28,7 +28,10 @@ chapter 6 and of the CLI. The report is also written to ``<work>/rehearsal.json`
     python benchmarks/rehearse.py --chapters 04,06 --skip-cli --work /tmp/rh
 
 Needs the fixtures folder (``shared/data``) to build the mirror, about 3 GB of disk for the work
-folder, and on 2 cores roughly an hour or more (see the README for the measured time).
+folder, and time: on 2 CPU cores chapters 0-3 take about 3 minutes, but one paper-size step of
+ViT-B at batch 256 takes minutes on a CPU, so chapter 4 alone took about 43 minutes and the whole
+rehearsal takes hours (the README gives what was measured). A GPU machine should be far faster
+(not measured yet: none was lent); on a CPU, ``--chapters`` picks what to rehearse.
 """
 from __future__ import annotations
 
