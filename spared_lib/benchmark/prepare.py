@@ -78,8 +78,8 @@ def prepare_dataset(name: str, targets: Sequence[str] = ("raw", "completed"), ou
     if ready.exists():
         adata = ad.read_h5ad(h5)
         # a completion made with other SpaCKLE steps (e.g. a fast run into the same folder) is redone
-        stale = adata.uns.get("spackle_steps") != _spackle_steps(spackle_steps)
-        if want_completed and ("c_t_log1p" not in adata.layers or stale):
+        if want_completed and ("c_t_log1p" not in adata.layers
+                               or adata.uns.get("spackle_steps") != _spackle_steps(spackle_steps)):
             _complete(adata, cache, seed, spackle_steps, device, progress)
             adata.write_h5ad(h5)
         return adata, np.load(npy, mmap_mode="r")
