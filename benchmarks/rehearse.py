@@ -49,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 #: The mirrored registry dataset that stands in for datasets without a local copy.
 SUBSTITUTE = "her2st_hne"
-#: Parameters that name a chapter's data (a registry key, or comma-separated keys).
-DATA_PARAMETERS = ("DATASET", "DATASETS")
+#: Parameters that name a chapter's data (a registry key, or comma-separated keys), each with the
+#: mirrored dataset that replaces it: chapter 7's demonstration slide must stay a Space Ranger folder.
+DATA_PARAMETERS = {"DATASET": SUBSTITUTE, "DATASETS": SUBSTITUTE, "DEMO_DATASET": "visium_mouse_cytassist"}
 #: The documented command line of the benchmark (spared_lib/benchmark/__main__.py).
 CLI = ["-m", "spared_lib.benchmark", "--models", "all", "--targets", "raw,completed"]
 
@@ -148,13 +149,13 @@ def chapter_defaults(source: Path) -> dict:
 def substitutions(defaults: dict, mirrored: set[str]) -> dict:
     """Parameters to change: a data parameter naming datasets the mirror does not hold."""
     out = {}
-    for name in DATA_PARAMETERS:
+    for name, substitute in DATA_PARAMETERS.items():
         value = defaults.get(name)
         if not isinstance(value, str) or not value:
             continue
         keys = [k.strip() for k in value.split(",") if k.strip()]
         if any(k not in mirrored for k in keys):
-            out[name] = SUBSTITUTE
+            out[name] = substitute
     return out
 
 

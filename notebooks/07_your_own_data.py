@@ -59,6 +59,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 SPACERANGER_DIR = ""
+DEMO_DATASET = "10xgenomic_mouse_brain_sagittal_posterior"   # SpaRED slide used when SPACERANGER_DIR is empty
 ORGANISM = "mouse"
 DATASET_NAME = "my_visium"
 N_GENES = 128
@@ -113,7 +114,7 @@ if SPACERANGER_DIR:
 elif data.fixtures_dir() is not None:
     folder = data.fixtures_dir() / "visium_mouse_cytassist"
 else:  # Colab: one real slide from SpaRED, a Space Ranger folder like yours
-    demo = data.get_dataset("10xgenomic_mouse_brain_sagittal_posterior")
+    demo = data.get_dataset(DEMO_DATASET)
     folder = data.fetch_dataset(demo, data.cache_dir() / demo.key) / demo.train_slides[0]
 if not folder.is_dir():
     raise FileNotFoundError(f"SPACERANGER_DIR: {folder} is not a folder")

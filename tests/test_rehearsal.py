@@ -53,6 +53,20 @@ def test_substitution_only_for_datasets_the_mirror_lacks():
     assert rehearse.substitutions({"DATASETS": "her2st,her2st_hne"}, mirrored) == {}
     assert rehearse.substitutions({"DATASETS": "her2st,10xgenomic_human_brain"}, mirrored) == {"DATASETS": "her2st_hne"}
     assert rehearse.substitutions({"STEPS": 1000, "DATASET": ""}, mirrored) == {}
+    # chapter 7's demonstration slide is replaced by a mirrored Space Ranger dataset, not by her2st
+    assert rehearse.substitutions({"DEMO_DATASET": "10xgenomic_mouse_brain_sagittal_posterior"},
+                                  mirrored | {"visium_mouse_cytassist"}) == {"DEMO_DATASET": "visium_mouse_cytassist"}
+
+
+def test_every_registry_dataset_a_chapter_downloads_is_a_parameter():
+    """A dataset key written into a chapter's code escapes the substitution: the rehearsal could
+    not serve it (chapter 7's demonstration slide once failed so)."""
+    import re
+
+    pattern = re.compile(r"(?:get_dataset|load_dataset|fetch_dataset)\(\s*[\"']")
+    for source in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        code = "\n".join(line for line in source.read_text().splitlines() if not line.lstrip().startswith("#"))
+        assert not pattern.search(code), f"{source.name}: a literal dataset key; make it a parameter"
 
 
 def test_chapter_defaults_are_read_from_the_parameters_cell():

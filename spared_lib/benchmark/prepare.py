@@ -107,8 +107,8 @@ def _spackle_steps(steps: int | None) -> int:
 def _complete(adata, cache: Path, seed: int, steps: int | None, device: str, progress: bool) -> None:
     from spared_lib.completion import complete, train_spackle
 
-    model, _ = train_spackle(adata, steps=_spackle_steps(steps), seed=seed, device=device, out_dir=cache,
-                             progress=progress)
+    steps = _spackle_steps(steps)
+    model, _ = train_spackle(adata, steps=steps, seed=seed, device=device, out_dir=cache, progress=progress)
     complete(adata, model, device=device)
-    adata.uns["spackle_steps"] = _spackle_steps(steps)
+    adata.uns["spackle_steps"] = steps
 
