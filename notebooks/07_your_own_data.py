@@ -50,7 +50,8 @@ if "google.colab" in sys.modules:
 # ## Parameters
 #
 # Set `SPACERANGER_DIR` to your folder and `ORGANISM` to `"human"` or `"mouse"` (it picks the gene
-# table used for gene lengths and identifiers). Leave it empty to use the demonstration slide.
+# table used for gene lengths and identifiers). Leave it empty to use the demonstration slide:
+# the first training slide of `DEMO_DATASET`, a SpaRED dataset downloaded as Space Ranger output.
 # `N_GENES` is the number of prediction genes (SpaRED uses 128, or 32 for low-quality data).
 # `SPACKLE_STEPS = None` trains SpaCKLE for the library's default number of steps.
 # `MODEL_DATA` says where the image model trains: `"auto"` uses your slides when every one of them
