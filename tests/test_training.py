@@ -353,3 +353,45 @@ def test_slide_models_train_on_whole_slides_where_they_fit(data, tmp_path, monke
     assert 1 <= model.max_spots < 64
     assert res.extra["slide_input"] == f"crops of at most {model.max_spots} spots (largest slide 64)"
     assert max(n for n, _ in model.seen[-3:]) <= model.max_spots
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="malloc_trim is glibc's (Linux)")
+def test_release_memory_returns_a_freed_heap_to_the_system():
+    """The rehearsal's finding (issue 13): runs in one process each started higher, because glibc
+    keeps freed heap pages. 64 KiB blocks come from the heap; keeping only the last one pins its top,
+    so freeing the rest returns nothing by itself, and release_memory must give it back."""
+    from spared_lib.training.memory import release_memory
+
+    release_memory()
+    blocks = [np.ones(8192) for _ in range(3200)]  # 3,200 × 64 KiB = 200 MiB of heap, touched
+    last = blocks[-1]
+    del blocks
+    held = _rss_mb()
+    release_memory()
+    assert held - _rss_mb() > 100, "freed heap pages were not returned"
+    assert last.sum() == 8192
+
+
+def test_fit_releases_freed_memory_before_it_plans(data, tmp_path, monkeypatch):
+    """fit hands back what earlier runs freed before 'auto' reads the free memory (else each run of a
+    benchmark plans against the heap the previous one left)."""
+    import importlib
+
+    from spared_lib.training import memory
+
+    fit_module = importlib.import_module("spared_lib.training.fit")  # the module, not the function
+
+    calls = []
+    monkeypatch.setattr(fit_module, "release_memory", lambda device: calls.append(("release", device)))
+    real_free = memory.free_memory_bytes
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: calls.append(("plan", device)) or real_free(device))
+    ad, patches = data
+    fit("shufflenet", ad, steps=1, lr=1e-3, patches=patches, batch_size=16, size="small", pretrained=None,
+        device="cpu", progress=False, verbose=False, out_dir=tmp_path)
+    assert calls[:2] == [("release", "cpu"), ("plan", "cpu")]

@@ -28,7 +28,7 @@ from spared_lib.models.base import FitContext, SpotModel
 
 from .data import (Targets, check_patches, first_ring, make_loader, normalise, read_targets,
                    spot_meta)
-from .memory import PeakMemory, plan_micro_batch, plan_slide_spots
+from .memory import PeakMemory, plan_micro_batch, plan_slide_spots, release_memory
 from .module import SpotModule, predict_batch
 
 
@@ -426,6 +426,8 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
 
     opt = (options or FitOptions()).replace(**overrides)
     dev = resolve_device(opt.device)
+    # what earlier runs freed goes back first: it would inflate this run's peak and shrink 'auto'
+    release_memory(dev)
     pl.seed_everything(opt.seed, workers=True, verbose=False)
     model, name, lr = _build(model_name, adata, opt)
     job = _prepare(model, adata, target_layer, patches, opt, dev)

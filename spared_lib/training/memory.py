@@ -45,12 +45,52 @@ def free_memory_bytes(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def release_memory(device: str = "cpu") -> None:
+    """Hand memory that earlier runs freed back to the system before the next run plans and measures.
+
+    Three things keep it otherwise: Lightning's trainer, module and optimiser form reference
+    cycles that only the cyclic collector frees (``gc.collect``); torch's CUDA caching allocator
+    keeps freed blocks (``torch.cuda.empty_cache``); and glibc's ``malloc`` keeps freed heap
+    pages mapped, because after a large block is freed it serves blocks of up to 32 MB from a heap
+    it rarely shrinks (``malloc_trim(0)``, Linux only). On a CPU the last one is what grows: in the
+    full-size rehearsal each paper-size ViT-B+Δ run of chapter 6 (batch 256) peaked about 2 GB above
+    the one before, in one kernel. Nothing is leaked — ``benchmarks/heap_growth.py`` finds every
+    model freed and the process back at its starting size after ``malloc_trim`` — but the kept heap
+    counts as used, so the next run would plan its micro-batch against less "available" memory.
+    :func:`spared_lib.training.fit` calls this first.
+
+    What it cannot undo is the heap a run fragments while it trains: in ``benchmarks/heap_growth.py``
+    (ViT-B, batch 16, four runs in one process) the peak still rose from 3.9 to 4.8 GiB. Starting
+    Python with ``MALLOC_MMAP_THRESHOLD_=131072`` keeps it flat (3.3 GiB) at about 30 % more CPU
+    time; it is not the default: it slows CPU training, and on a GPU the activations are not on this
+    heap at all (torch's CUDA allocator holds them).
+
+    Parameters
+    ----------
+    device
+        ``'cuda'`` also empties torch's CUDA cache.
+    """
+    import gc
+
+    gc.collect()
+    if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        pass
+
+
 class PeakMemory:
     """Context manager measuring a block's peak memory, in GiB, as ``.peak_gb``.
 
     On a GPU: the allocator's peak of allocated memory (``torch.cuda.max_memory_allocated``) during
     the block. On a CPU: the largest resident set size of this process sampled every 20 ms
-    (``psutil``), i.e. the process's peak while the block ran, data included.
+    (``psutil``), i.e. the process's peak while the block ran, data included, and heap that glibc
+    kept from earlier runs in the same process (see :func:`release_memory`); comparable per-model
+    figures come from one process per model (``benchmarks/train_memory.py``).
     """
 
     def __init__(self, device: str, interval: float = 0.02):
