@@ -395,3 +395,42 @@ def test_fit_releases_freed_memory_before_it_plans(data, tmp_path, monkeypatch):
     fit("shufflenet", ad, steps=1, lr=1e-3, patches=patches, batch_size=16, size="small", pretrained=None,
         device="cpu", progress=False, verbose=False, out_dir=tmp_path)
     assert calls[:2] == [("release", "cpu"), ("plan", "cpu")]
+
+
+def test_micro_batches_make_whole_steps_of_the_same_spots_as_one_batch():
+    """Every optimiser step gets exactly k micro-batches, which together are the spots the step would
+    see without accumulation (same shuffle); a pass no longer ends on a partial step."""
+    from torch.utils.data import DataLoader
+
+    from spared_lib.training.data import StepBatchSampler
+
+    n, batch, k = 75, 32, 4  # steps of 32, 32 and 11 spots
+    g = torch.Generator().manual_seed(5)
+    sampler = StepBatchSampler(n, batch, k, g)
+    # both through a DataLoader, which draws its base seed from the same generator first
+    micro = [b.tolist() for b in DataLoader(range(n), batch_sampler=sampler, generator=g)]
+    assert len(micro) == len(sampler) == 3 * k
+    plain = DataLoader(range(n), batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(5))
+    for step, whole in enumerate(plain):
+        parts = micro[step * k:(step + 1) * k]
+        assert sorted(sum(parts, [])) == sorted(whole.tolist())
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    # a last step too small for two spots per micro-batch is dropped (BatchNorm)
+    assert len(StepBatchSampler(69, 32, 4)) == 2 * 4 and len(StepBatchSampler(72, 32, 4)) == 3 * 4
+
+
+def test_accumulated_short_run_validates_and_keeps_a_checkpoint(data, tmp_path):
+    """The rehearsal's finding (issue 13): with micro-batches a pass of 64 spots in steps of 48 ended
+    on a partial step, Lightning (counting batches) never reached its validation, and the run kept no
+    best checkpoint: NaN best_val_mse, no stage 1 for SEPAL."""
+    ad, patches = data
+    ad = ad[ad.obs["split"].isin(["train", "val"])].copy()
+    n_train = int((ad.obs["split"] == "train").sum())
+    assert n_train % 48 and n_train // 48 == 1  # one full step and a partial one per pass
+    res = fit("shufflenet", ad, steps=2, lr=1e-3, patches=patches[np.flatnonzero(data[0].obs["split"].isin(["train", "val"]))],
+              batch_size=48, micro_batch_size=16, val_every=2, size="small", pretrained=None, device="cpu",
+              progress=False, verbose=False, out_dir=tmp_path)
+    assert res.extra["accumulate_grad_batches"] == 3
+    assert np.isfinite(res.best_val_mse) and res.best_step == 2
+    assert res.checkpoint_path and __import__("pathlib").Path(res.checkpoint_path).is_file()
+    assert res.history["step"].tolist()[:2] == [1, 2]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from spared_lib.preprocessing import IMAGENET_MEAN, IMAGENET_STD, first_ring, slide_codes
 
@@ -245,13 +245,51 @@ class SlideDataset(Dataset):
         }
 
 
+class StepBatchSampler(Sampler):
+    """Micro-batches that add up to whole optimiser steps: ``accumulate`` of them per step, always.
+
+    Each pass draws a permutation of the ``n`` training spots (``torch.randperm`` with
+    ``generator``, as a shuffling ``DataLoader`` does, so a step sees the same spots with or
+    without accumulation), cuts it into steps of ``step_size`` spots (the last one shorter), and
+    splits every step into ``accumulate`` near-equal micro-batches. A loader cutting the permutation
+    into micro-batches instead would end a pass on a partial step of fewer micro-batches, and
+    Lightning, which counts ``val_check_interval`` in loader batches, would then validate at the
+    wrong steps — or never, in a run of a few steps (the full-size rehearsal of chapter 6: ViT-B+Δ
+    at 4 × 64 never validated, so it kept no checkpoint for SEPAL's stage 1). A last step of fewer
+    than two spots per micro-batch is dropped (BatchNorm cannot train on one spot).
+
+    Introduced in ``notebooks/04_patch_models.py`` (micro-batches), through :func:`make_loader`.
+    """
+
+    def __init__(self, n: int, step_size: int, accumulate: int, generator: torch.Generator | None = None):
+        if accumulate < 1 or step_size < accumulate:
+            raise ValueError(f"need step_size >= accumulate >= 1, got step_size={step_size}, accumulate={accumulate}")
+        self.n, self.step_size, self.accumulate, self.generator = int(n), int(step_size), int(accumulate), generator
+
+    def _steps(self) -> int:
+        full, rest = divmod(self.n, self.step_size)
+        return full + (rest >= 2 * self.accumulate)
+
+    def __len__(self) -> int:
+        return self._steps() * self.accumulate
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).numpy()
+        for s in range(self._steps()):
+            step = order[s * self.step_size:(s + 1) * self.step_size]
+            for micro in np.array_split(step, self.accumulate):
+                yield micro.tolist()
+
+
 def make_loader(batching: str, patches, targets: Targets, meta: dict, index, *, batch_size: int,
                 train: bool, neighbors=None, max_spots: int = 1024, num_workers: int = 0,
-                generator: torch.Generator | None = None) -> DataLoader:
+                generator: torch.Generator | None = None, accumulate: int = 1) -> DataLoader:
     """A loader over ``index`` for either batching mode.
 
     Evaluation loaders keep every spot (no ``drop_last``, no shuffling); training loaders
-    shuffle, and drop a last spot batch of one (BatchNorm cannot train on it).
+    shuffle, and drop a last spot batch of one (BatchNorm cannot train on it). A training spot
+    loader with ``accumulate`` > 1 micro-batches of ``batch_size`` hands out exactly
+    ``accumulate`` of them per optimiser step (:class:`StepBatchSampler`).
     """
     kw = dict(num_workers=num_workers, persistent_workers=num_workers > 0,
               pin_memory=torch.cuda.is_available())
@@ -263,5 +301,9 @@ def make_loader(batching: str, patches, targets: Targets, meta: dict, index, *, 
     if batching != "spot":
         raise ValueError(f"batching must be 'spot' or 'slide', got {batching!r}")
     ds = SpotDataset(patches, targets, meta, index)
+    if train and accumulate > 1:
+        sampler = StepBatchSampler(len(ds), batch_size * accumulate, accumulate, generator)
+        # the loader draws its base seed from the generator, as a shuffling one does, before the sampler
+        return DataLoader(ds, batch_sampler=sampler, generator=generator, **kw)
     drop_last = train and len(ds) % batch_size == 1
     return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=drop_last, generator=generator, **kw)

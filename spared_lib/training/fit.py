@@ -435,7 +435,7 @@ def fit(model_name, adata, target_layer: str = "c_d_log1p", options: FitOptions 
                                              job.neighbors)
     eval_batch = opt.eval_batch_size or (opt.batch_size if accumulate == 1 else min(opt.batch_size, 4 * micro))
     workers = default_workers(dev) if opt.num_workers is None else opt.num_workers
-    train_loader, val_loader = _loaders(model, job, micro, eval_batch, workers, opt.seed)
+    train_loader, val_loader = _loaders(model, job, micro, accumulate, eval_batch, workers, opt.seed)
 
     run = make_trainer(opt.steps, device=dev, val_every=opt.val_every, out_dir=opt.out_dir, name=name,
                        precision=opt.precision, devices=opt.devices, accumulate_grad_batches=accumulate,
@@ -499,11 +499,11 @@ def _prepare(model: SpotModel, adata, target_layer: str, patches, opt: FitOption
     return job
 
 
-def _loaders(model: SpotModel, job: _Job, micro: int, eval_batch: int, workers: int, seed: int):
-    """The shuffled training loader (micro-batches) and the validation loader."""
+def _loaders(model: SpotModel, job: _Job, micro: int, accumulate: int, eval_batch: int, workers: int, seed: int):
+    """The shuffled training loader (``accumulate`` micro-batches per step) and the validation loader."""
     common = dict(neighbors=job.neighbors, max_spots=getattr(model, "max_spots", None), num_workers=workers)
     train = make_loader(model.batching, job.patches, job.targets, job.meta, job.idx["train"], batch_size=micro,
-                        train=True, generator=torch.Generator().manual_seed(seed), **common)
+                        train=True, generator=torch.Generator().manual_seed(seed), accumulate=accumulate, **common)
     val = make_loader(model.batching, job.patches, job.targets, job.meta, job.idx["val"], batch_size=eval_batch,
                       train=False, **common)
     return train, val
