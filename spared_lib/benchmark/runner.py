@@ -264,8 +264,8 @@ def final_stage(session: _Session, name: str, grid: Grid) -> None:
             lr = select_lr(table, name, model, source, grid.seeds[0], grid.lrs, grid.search_steps)
             if lr is None:
                 if not session.stopped:
-                    warnings.warn(f"benchmark: no finished search run for {name}/{model}/{source}; "
-                                  "its final runs are skipped")
+                    warnings.warn(f"benchmark: no search run of {name}/{model}/{source} finished with a "
+                                  "validation MSE; its final runs are skipped")
                 continue
             for seed in grid.seeds:
                 cell = Cell(name, model, target, "final", lr, seed, grid.steps)
