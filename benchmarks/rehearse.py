@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -185,11 +186,16 @@ def run_chapter(source: Path, work: Path, env: dict, mirrored: set[str], timeout
     return {"chapter": stem, "substituted": subs, **res, "tables": [str(p) for p in cwd.rglob("results.csv")]}
 
 
-def run_cli(work: Path, env: dict, mirrored: set[str], timeout: float, dataset: str | None = None) -> dict:
-    """``python -m spared_lib.benchmark`` as documented, on a dataset the mirror serves."""
+def run_cli(work: Path, env: dict, mirrored: set[str], timeout: float, dataset: str | None = None,
+            extra: list[str] | None = None) -> dict:
+    """``python -m spared_lib.benchmark`` as documented, on a dataset the mirror serves.
+
+    ``extra`` appends documented options of the CLI (e.g. ``--lrs 1e-5``: one learning rate
+    instead of five, a fifth of the runs of a grid that takes many CPU hours).
+    """
     dataset = dataset or SUBSTITUTE
     out = work / "cli"
-    cmd = [sys.executable, *CLI, "--datasets", dataset, "--out", str(out)]
+    cmd = [sys.executable, *CLI, "--datasets", dataset, "--out", str(out), *(extra or [])]
     print(f"[rehearse] CLI: {' '.join(cmd[1:])}", flush=True)
     res = run_measured(cmd, env, work, timeout, work / "logs" / "cli.log")
     print(f"[rehearse] CLI: {res['status']} in {res['wall_s']:.0f} s, peak {res['peak_gb']:.1f} GiB", flush=True)
@@ -239,6 +245,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--chapters", default="all", help="'all' (the chapters of _toc.yml) or stems/prefixes: 00,04")
     ap.add_argument("--skip-cli", action="store_true", help="do not run the benchmark command line")
+    ap.add_argument("--cli-args", default="", help="more options for the CLI, e.g. '--lrs 1e-5' (one learning rate)")
     ap.add_argument("--max-steps", type=int, default=2, help="SPARED_MAX_STEPS for every training loop")
     ap.add_argument("--work", default=None, help="work folder (default: a new temporary folder)")
     ap.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per chapter (and for the CLI)")
@@ -258,7 +265,7 @@ def main(argv=None) -> int:
     sources = _chapters(args.chapters)
     chapters = [run_chapter(s, work, env, mirrored, args.timeout) for s in sources]
     if not args.skip_cli:
-        chapters.append(run_cli(work, env, mirrored, args.timeout))
+        chapters.append(run_cli(work, env, mirrored, args.timeout, extra=shlex.split(args.cli_args)))
     server.shutdown()
     models = per_model([t for c in chapters for t in c["tables"]])
     print_report(chapters, models)

@@ -112,3 +112,26 @@ def test_one_tiny_chapter_runs_offline_and_is_measured(offline, tmp_path):
     bad.write_text('# %% tags=["parameters"]\nFAST = False\n\n# %%\nraise RuntimeError("broken chapter")\n')
     res = rehearse.run_chapter(bad, work, env, mirrored, timeout=600)
     assert res["status"] == "failed" and any("broken chapter" in line for line in res["tail"])
+
+
+def test_cli_is_the_documented_command_with_the_options_asked_for(tmp_path, monkeypatch):
+    from spared_lib.benchmark.__main__ import build_parser, kwargs_from_args
+
+    seen = {}
+
+    def fake_run(cmd, env, cwd, timeout, log):
+        seen["cmd"] = cmd
+        return {"status": "ok", "wall_s": 1.0, "peak_gb": 0.5, "log": str(log), "tail": []}
+
+    monkeypatch.setattr(rehearse, "run_measured", fake_run)
+    res = rehearse.run_cli(tmp_path, {}, set(), timeout=10, extra=["--lrs", "1e-5"])
+    cmd = seen["cmd"][1:]
+    assert cmd[:2] == ["-m", "spared_lib.benchmark"] and res["command"].startswith("python -m spared_lib.benchmark")
+    args = build_parser().parse_args(cmd[2:])
+    kw = kwargs_from_args(args)
+    # the documented defaults stay (every model, both targets, the paper's protocol); only the grid narrows
+    assert len(kw["models"]) == 10 and kw["datasets"] == ["her2st_hne"] and kw["lrs"] == [1e-5]
+    assert kw["pretrained"] == "imagenet" and kw["search_target"] == "raw" and kw["batch_size"] == 256
+    assert kw["out"] == str(tmp_path / "cli")
+    rehearse.run_cli(tmp_path, {}, set(), timeout=10)
+    assert "--lrs" not in seen["cmd"]
