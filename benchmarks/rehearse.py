@@ -30,7 +30,8 @@ chapter 6 and of the CLI. The report is also written to ``<work>/rehearsal.json`
 Needs the fixtures folder (``shared/data``) to build the mirror, about 3 GB of disk for the work
 folder, and time: on 2 CPU cores chapters 0-3 take about 3 minutes, but one paper-size step of
 ViT-B at batch 256 takes minutes on a CPU, so chapters 4 and 6 took about 43 minutes each, chapter
-5 16 minutes, and the CLI's ~60 runs take many hours (the README gives what was measured). CPU
+5 16 minutes, and the CLI 97 minutes at one learning rate (``--cli-args '--lrs 1e-5'``), so
+about 4-5 hours at the default five (the README gives what was measured). CPU
 peaks are the kernel's process, whose heap also holds what glibc kept from earlier runs
 (``benchmarks/heap_growth.py``). A GPU machine should be far faster
 (not measured yet: none was lent); on a CPU, ``--chapters`` picks what to rehearse.
