@@ -45,9 +45,11 @@ lint: venv
 	$(VENV)/bin/actionlint
 	$(VENV)/bin/zizmor --offline --persona=pedantic .github/workflows
 
-# The real run's rehearsal on CPU (benchmarks/rehearse.py; not part of `make test`).
+# The real run's rehearsal on CPU (benchmarks/rehearse.py; not part of `make test`): hours on 2 cores.
+# A part of it: make rehearse REHEARSE_ARGS="--chapters 00,01 --cli-args '--lrs 1e-5'"
+REHEARSE_ARGS ?=
 rehearse: venv
-	$(PY) benchmarks/rehearse.py
+	$(PY) benchmarks/rehearse.py $(REHEARSE_ARGS)
 
 clean:
 	rm -rf _build .pytest_cache

@@ -106,7 +106,8 @@ def rehearsal_env(base_url: str, work: Path, max_steps: int, keep_fixtures: bool
 def run_measured(cmd: list[str], env: dict, cwd: Path, timeout: float, log: Path) -> dict:
     """Run ``cmd`` and sample the resident memory of its whole process tree every 0.5 s.
 
-    Returns ``status`` (``ok``/``failed``/``timeout``), ``wall_s``, ``peak_gb`` and the log's tail."""
+    Returns ``status`` (``ok``/``failed``/``timeout``), ``returncode``, ``wall_s``, ``peak_gb`` and
+    the log's tail."""
     import psutil
 
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +133,8 @@ def run_measured(cmd: list[str], env: dict, cwd: Path, timeout: float, log: Path
                     proc.wait()
                     status = "timeout"
     tail = log.read_text(errors="replace").splitlines()[-15:]
-    return {"status": status, "wall_s": round(time.perf_counter() - t0, 1), "peak_gb": round(peak / 2**30, 2),
-            "log": str(log), "tail": tail if status != "ok" else []}
+    return {"status": status, "returncode": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_gb": round(peak / 2**30, 2), "log": str(log), "tail": tail if status != "ok" else []}
 
 
 # --------------------------------------------------------------------------- chapters
@@ -193,12 +194,21 @@ def run_cli(work: Path, env: dict, mirrored: set[str], timeout: float, dataset: 
 
     ``extra`` appends documented options of the CLI (e.g. ``--lrs 1e-5``: one learning rate
     instead of five, a fifth of the runs of a grid that takes many CPU hours).
+
+    ``status`` is ``partial`` when the CLI exits with ``EXIT_DOES_NOT_FIT``: the only unfinished
+    runs are models this machine's memory cannot hold (paper-size Hist2ST on 24 GiB).
     """
+    from spared_lib.benchmark.__main__ import EXIT_DOES_NOT_FIT
+
     dataset = dataset or SUBSTITUTE
     out = work / "cli"
     cmd = [sys.executable, *CLI, "--datasets", dataset, "--out", str(out), *(extra or [])]
     print(f"[rehearse] CLI: {' '.join(cmd[1:])}", flush=True)
     res = run_measured(cmd, env, work, timeout, work / "logs" / "cli.log")
+    if res["status"] == "failed" and res.get("returncode") == EXIT_DOES_NOT_FIT:
+        # every run that fits this machine finished; the others were refused by the memory planner
+        # before their first step, with its figures (a larger device runs them: the same command)
+        res["status"] = "partial"
     print(f"[rehearse] CLI: {res['status']} in {res['wall_s']:.0f} s, peak {res['peak_gb']:.1f} GiB", flush=True)
     return {"chapter": "benchmark CLI", "command": " ".join(["python", *cmd[1:]]), **res,
             "tables": [str(out / "results.csv")] if (out / "results.csv").exists() else []}
@@ -209,6 +219,7 @@ def per_model(tables: list[str]) -> list[dict]:
     import pandas as pd
 
     from spared_lib.benchmark import ResultsStore
+    from spared_lib.benchmark.cells import DOES_NOT_FIT
 
     frames = []
     for path in tables:
@@ -220,7 +231,8 @@ def per_model(tables: list[str]) -> list[dict]:
     t = pd.concat(frames, ignore_index=True)
     t = t[t["reused_from"].isna()]
     g = t.groupby(["source", "model"], sort=False)
-    rows = pd.DataFrame({"runs": g.size(), "failed": g["status"].apply(lambda s: int((s != "ok").sum())),
+    rows = pd.DataFrame({"runs": g.size(), "failed": g["status"].apply(lambda s: int((s == "failed").sum())),
+                         "did_not_fit": g["status"].apply(lambda s: int((s == DOES_NOT_FIT).sum())),
                          "wall_s": g["wall_time_s"].sum().round(1), "peak_gb": g["peak_memory_gb"].max().round(2),
                          "batching": g["batching"].first(), "error": g["error"].first()}).reset_index()
     return rows.to_dict(orient="records")
@@ -239,7 +251,7 @@ def print_report(chapters: list[dict], models: list[dict]) -> None:
             peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] == r["peak_gb"] else "  -"
             print(f"  {where:<16} {r['model']:<12} {r['runs']:3d} runs ({r['failed']} failed) "
                   f"{r['wall_s'] / 60:6.1f} min  peak {peak} GiB  {r['batching'] or ''}"
-                  + (f"  error: {r['error'][:120]}" if r["failed"] else ""))
+                  + (f"  error: {r['error'][:160]}" if r["failed"] or r.get("did_not_fit") else ""))
 
 
 def main(argv=None) -> int:
@@ -253,6 +265,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-fixtures", action="store_true",
                     help="let chapters read shared/data directly (default: hidden, as for a user)")
     ap.add_argument("--save", action="store_true", help="also write spared_lib/resources/results/rehearsal.json")
+    ap.add_argument("--strict", action="store_true",
+                    help="fail when a model did not fit this machine (default: such runs are reported, "
+                         "the rehearsal passes when everything else ran)")
     args = ap.parse_args(argv)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="spared_rehearsal_")).resolve()
@@ -271,8 +286,11 @@ def main(argv=None) -> int:
     models = per_model([t for c in chapters for t in c["tables"]])
     print_report(chapters, models)
     total = time.perf_counter() - t0
-    print(f"\nrehearsal: {sum(c['status'] == 'ok' for c in chapters)} of {len(chapters)} passed in "
-          f"{total / 60:.0f} min (load average {os.getloadavg()[0]:.1f})")
+    n_passed = sum(passed(c, args.strict) for c in chapters)
+    print(f"\nrehearsal: {n_passed} of {len(chapters)} passed in "
+          f"{total / 60:.0f} min (load average {os.getloadavg()[0]:.1f})"
+          + ("; partial: every run that fits this machine finished, the rest did not fit its memory"
+             if any(c["status"] == "partial" for c in chapters) else ""))
     report = {"max_steps": args.max_steps, "mirrored": sorted(mirrored), "total_s": round(total),
               "chapters": chapters, "models": models}
     (work / "rehearsal.json").write_text(json.dumps(report, indent=1, default=str))
@@ -280,7 +298,13 @@ def main(argv=None) -> int:
         from spared_lib.resources import save_result
 
         save_result("rehearsal", report, command="make rehearse")
-    return 0 if all(c["status"] == "ok" for c in chapters) else 1
+    return 0 if n_passed == len(chapters) else 1
+
+
+def passed(result: dict, strict: bool = False) -> bool:
+    """A chapter or the CLI passed: ``ok``, or (unless ``strict``) ``partial``, the CLI's report
+    that every run this machine can hold finished and the rest did not fit its memory."""
+    return result["status"] == "ok" or (not strict and result["status"] == "partial")
 
 
 def _chapters(spec: str) -> list[Path]:

@@ -272,8 +272,9 @@ if SPACKLE_STEPS is not None:
 t0 = time.perf_counter()
 table = benchmark.run_benchmark(data, models, out=out, **settings)
 bench_s = time.perf_counter() - t0
-print(f"{len(table)} runs ({(table.status == 'ok').sum()} finished, {(table.status != 'ok').sum()} failed) "
-      f"in {bench_s / 60:.1f} min; data preparation took {prep_s / 60:.1f} min")
+print(f"{len(table)} runs ({(table.status == 'ok').sum()} finished, {(table.status == 'failed').sum()} failed, "
+      f"{(table.status == 'does_not_fit').sum()} too large for this device) in {bench_s / 60:.1f} min; "
+      f"data preparation took {prep_s / 60:.1f} min")
 table[["model", "target", "stage", "lr", "status", "batching", "stage1_run", "wall_time_s", "peak_memory_gb"]]
 
 # %% [markdown]
@@ -285,7 +286,9 @@ table[["model", "target", "stage", "lr", "status", "batching", "stage1_run", "wa
 #
 # The same call on the same folder reads `results.csv` and trains only the cells without a
 # finished row: none after a complete run, the missing ones after a crash or a Colab
-# disconnection. Runs that *failed* (an error inside a model) are retried.
+# disconnection. Runs that *failed* (an error inside a model) are retried, and so are runs with
+# status `does_not_fit` (the memory planner found the device too small, and its figures are in
+# `error`): on a larger device the same call trains them.
 
 # %%
 t0 = time.perf_counter()

@@ -490,3 +490,41 @@ def test_stage_1_runs_are_priced_as_the_base_model_and_sessions_keep_pairs_toget
     for _, row in plan[plan.fits].iterrows():
         assert row.hours <= 0.8 + 1e-9 or row.models == ["vit_b_delta", "sepal"]
     assert sorted(sum(plan.models, [])) == sorted(["vit_b_delta", "sepal", "vit_b", "shufflenet", "hist2st"])
+
+
+def test_runs_that_do_not_fit_the_device_are_told_apart_from_failures(tmp_path, monkeypatch, capsys):
+    """A model the memory planner refuses (DoesNotFit) gets status does_not_fit, and so does SEPAL
+    when its stage 1 did not fit; the CLI exits 3 when those are the only unfinished runs, 1 when
+    any run failed, 0 when all finished."""
+    from spared_lib.benchmark import __main__ as cli
+    from spared_lib.benchmark import runner
+    from spared_lib.training import DoesNotFit
+
+    fake = FakeFit()
+
+    def fit(model_name, adata, **kw):
+        if model_name in ("stnet", "vit_b_delta"):
+            raise DoesNotFit(f"{model_name} needs 13.3 GiB for gradients and optimiser state alone")
+        return fake(model_name, adata, **kw)
+
+    with pytest.warns(UserWarning):
+        table = run_benchmark({"toy": DATA["toy"]}, ["shufflenet", "stnet", "sepal"], "raw", tmp_path, lrs=LRS,
+                              steps=5, fit_fn=fit, progress=False)
+    status = table.groupby("model").status.agg(set)
+    assert status["shufflenet"] == {"ok"}
+    assert status["stnet"] == status["vit_b_delta"] == status["sepal"] == {"does_not_fit"}
+    assert table[table.model == "stnet"].error.str.contains("13.3 GiB").all()
+    assert table[table.model == "sepal"].error.str.contains("stage 1.*does not fit").all()
+
+    argv = ["--datasets", "toy", "--models", "shufflenet,stnet,sepal", "--targets", "raw", "--out", str(tmp_path)]
+    monkeypatch.setattr(runner, "run_benchmark", lambda **kw: table)
+    assert cli.main(argv) == cli.EXIT_DOES_NOT_FIT == 3
+    out = capsys.readouterr().out
+    assert "stnet: 3 runs did not fit: DoesNotFit: stnet needs 13.3 GiB" in out
+    broken = table.copy()
+    broken.loc[broken.model == "shufflenet", "status"] = "failed"
+    monkeypatch.setattr(runner, "run_benchmark", lambda **kw: broken)
+    assert cli.main(argv) == cli.EXIT_FAILED == 1
+    done = table[table.model == "shufflenet"]
+    monkeypatch.setattr(runner, "run_benchmark", lambda **kw: done)
+    assert cli.main(argv) == 0

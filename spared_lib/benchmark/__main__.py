@@ -21,6 +21,11 @@ A Ray cluster, one GPU per trial::
 Re-running the same command resumes: finished cells are read from
 ``results/results.csv`` and never trained again.
 
+Exit status: 0 when every run of the table finished; 1 when a run failed (its ``error`` says
+why); 3 when the only unfinished runs are models the device cannot hold (``status``
+``does_not_fit``: the memory planner's figures are in ``error``), e.g. paper-size Hist2ST on a
+24 GiB machine: every other run is done, and the same command on a larger device finishes the grid.
+
 Introduced in ``notebooks/06_benchmark.py``.
 """
 from __future__ import annotations
@@ -29,7 +34,13 @@ import argparse
 import sys
 import time
 
+from .cells import DOES_NOT_FIT
 from .grid import TARGETS, lr_grid, parse_targets
+
+#: Exit status when a run failed.
+EXIT_FAILED = 1
+#: Exit status when the only unfinished runs did not fit the device's memory.
+EXIT_DOES_NOT_FIT = 3
 
 
 def _csv(s: str) -> list[str]:
@@ -63,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m spared_lib.benchmark",
         description="Learning-rate search and raw vs SpaCKLE-completed training of SpaRED prediction models; "
-                    "one tidy results table that resumes after an interruption.")
+                    "one tidy results table that resumes after an interruption.",
+        epilog=f"exit status: 0 every run finished; {EXIT_FAILED} a run failed; {EXIT_DOES_NOT_FIT} the only "
+               "unfinished runs are models this device's memory cannot hold (status does_not_fit)")
     p.add_argument("--datasets", required=True,
                    help="comma-separated dataset keys (SpaRED registry keys, 'synthetic', a fixture such as "
                         "'her2st', or a folder); 'all' = the 26 SpaRED datasets")
@@ -156,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     table = run_benchmark(**kw)
     res = final_results(table)
     print(res[["dataset", "model", "target", "lr", "MSE", "PCC-Gene", "n_params", "wall_time_s"]].to_string(index=False))
-    n_failed = int((table["status"] != "ok").sum())
-    print(f"\n{len(table)} runs in the table ({n_failed} failed) · this invocation took "
-          f"{time.perf_counter() - t0:.0f} s · table: {kw['out']}/{kw['table_name']}")
-    return 1 if n_failed else 0
+    n_failed = int((table["status"] == "failed").sum())
+    too_big = table[table["status"] == DOES_NOT_FIT]
+    print(f"\n{len(table)} runs in the table ({n_failed} failed, {len(too_big)} did not fit the device) · "
+          f"this invocation took {time.perf_counter() - t0:.0f} s · table: {kw['out']}/{kw['table_name']}")
+    for model, rows in too_big.groupby("model", sort=False):
+        print(f"  {model}: {len(rows)} runs did not fit: {rows['error'].iloc[0]}")
+    return EXIT_FAILED if n_failed else EXIT_DOES_NOT_FIT if len(too_big) else 0
 
 
 if __name__ == "__main__":

@@ -102,10 +102,24 @@ def result_row(cell: Cell, result: Any, out_dir=None, stage1: Mapping | None = N
     }
 
 
+#: ``status`` of a run its device cannot hold (:class:`spared_lib.training.DoesNotFit`, raised
+#: by the memory planner before the first step): nothing in it is broken, it needs a larger device.
+DOES_NOT_FIT = "does_not_fit"
+
+
 def failed_row(cell: Cell, err: BaseException | str, wall_time_s: float) -> dict:
-    """The table row of a run that raised (it is retried on the next invocation)."""
+    """The table row of a run that raised (it is retried on the next invocation).
+
+    ``status`` is ``failed``, or :data:`DOES_NOT_FIT` when the memory planner found that even the
+    smallest micro-batch does not fit the device; the message with its figures is in ``error``.
+    """
     text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-    return {**cell.as_dict(), "target_layer": cell.target_layer, "status": "failed",
+    status = "failed"
+    if not isinstance(err, str):
+        from spared_lib.training.memory import DoesNotFit  # torch is loaded once a fit has raised
+
+        status = DOES_NOT_FIT if isinstance(err, DoesNotFit) else "failed"
+    return {**cell.as_dict(), "target_layer": cell.target_layer, "status": status,
             "error": text[:500], "wall_time_s": wall_time_s, "finished_at": now()}
 
 
@@ -139,7 +153,8 @@ def checkpoint_dir(cell: Cell, out_dir) -> str | None:
 
 
 def run_cell(job: Job | Cell, adata, patches, fit_fn: Callable, fit_kwargs: Mapping, out_dir) -> dict:
-    """Train one cell and return its row; errors become a ``failed`` row.
+    """Train one cell and return its row; errors become a ``failed`` row (``does_not_fit`` when
+    the memory planner finds the device too small).
 
     Parameters
     ----------
@@ -184,4 +199,4 @@ def run_cell(job: Job | Cell, adata, patches, fit_fn: Callable, fit_kwargs: Mapp
     return row
 
 
-__all__ = ["Job", "run_cell", "result_row", "failed_row", "slim_checkpoint", "checkpoint_dir", "relative_to", "now"]
+__all__ = ["DOES_NOT_FIT", "Job", "run_cell", "result_row", "failed_row", "slim_checkpoint", "checkpoint_dir", "relative_to", "now"]

@@ -204,7 +204,7 @@ class _Session:
             found = self.find_stage1(c)
             if found is None:
                 if not self.stopped:
-                    self.store.append(_stage1_failed_row(c))
+                    self.store.append(_stage1_failed_row(c, self.store.table()))
                 continue
             run, path = found
             jobs.append(self.job(c, overrides=stage1_overrides(path),
@@ -236,11 +236,22 @@ def stage1_overrides(checkpoint: str) -> dict:
     return {"model_kwargs": {"stage1": checkpoint}}
 
 
-def _stage1_failed_row(cell: Cell) -> dict:
-    from .cells import failed_row
+def _stage1_failed_row(cell: Cell, table: pd.DataFrame) -> dict:
+    """The row of a refining cell without a first stage: ``does_not_fit`` when its stage-1 run did
+    not fit the device (then neither does the refinement, which holds that model inside), else
+    ``failed``."""
+    from .cells import DOES_NOT_FIT, failed_row
 
-    return failed_row(cell, f"no trained stage-1 run ({cell.stage1().tag()} failed or has no checkpoint)",
-                      float("nan"))
+    want = cell.stage1()
+    rows = table
+    for col, value in zip(("dataset", "model", "target", "lr", "seed", "steps"),
+                          (want.dataset, want.model, want.target, want.lr, want.seed, want.steps)):
+        rows = rows[rows[col] == value]
+    if len(rows) and rows["status"].iloc[-1] == DOES_NOT_FIT:
+        row = failed_row(cell, f"its stage 1 ({want.tag()}) does not fit this device: {rows['error'].iloc[-1]}",
+                         float("nan"))
+        return {**row, "status": DOES_NOT_FIT}
+    return failed_row(cell, f"no trained stage-1 run ({want.tag()} failed or has no checkpoint)", float("nan"))
 
 
 # --------------------------------------------------------------------------- the stages
