@@ -48,11 +48,15 @@ def test_unobserved_entries_are_ignored_even_if_nan():
     t = rng.normal(size=(20, 5))
     p = rng.normal(size=(20, 5))
     m = rng.random(t.shape) > 0.4
-    a = compute_metrics(t, p, m)
+    few = int(((m.sum(axis=1)) < 2).sum())  # spots with fewer than two observed genes
+    assert few > 0  # this mask has some: both calls must leave out the same spots, and say so
+    with pytest.warns(RuntimeWarning, match=f"0 gene\\(s\\) and {few} spot"):
+        a = compute_metrics(t, p, m)
     t2, p2 = t.copy(), p.copy()
     t2[~m] = np.nan
     p2[~m] = 1e6
-    b = compute_metrics(t2, p2, m)
+    with pytest.warns(RuntimeWarning, match=f"0 gene\\(s\\) and {few} spot"):
+        b = compute_metrics(t2, p2, m)
     for k in METRIC_KEYS:
         assert a[k] == pytest.approx(b[k]), k
 
@@ -106,8 +110,10 @@ def test_constant_prediction_has_zero_pcc_and_matches_r2():
 def test_all_excluded_gives_nan_with_warning():
     t = np.ones((4, 3))
     p = np.zeros((4, 3))
-    with pytest.warns(RuntimeWarning, match="NaN"):
+    with pytest.warns(RuntimeWarning) as caught:
         got = compute_metrics(t, p)
+    said = [str(w.message) for w in caught]
+    assert any("NaN" in m for m in said) and any("3 gene(s) and 4 spot(s)" in m for m in said), said
     assert np.isnan(got["PCC-Gene"]) and np.isnan(got["Global"])
     assert got["MSE"] == 1.0
 
