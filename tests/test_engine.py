@@ -67,3 +67,78 @@ def test_step_cap_applies_to_the_trainer(tmp_path, monkeypatch):
     assert run.steps == 2
     run.fit(module, _loader(), _loader(1))
     assert run.trainer.global_step == 2
+
+
+class _Adam:
+    """A LightningModule with Adam (whose state is twice the weights) and a known best step."""
+
+    @staticmethod
+    def make():
+        import lightning.pytorch as pl
+
+        class M(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.full((1000,), 4.0))
+
+            def training_step(self, batch, batch_idx):
+                return (self.w ** 2).sum()
+
+            def validation_step(self, batch, batch_idx):
+                self.log("val_mse", (self.w.detach() ** 2).mean(), on_epoch=True)
+
+            def configure_optimizers(self):
+                return torch.optim.Adam(self.parameters(), lr=0.1)
+
+        return M()
+
+
+def test_checkpoints_hold_weights_only_and_are_streamed_to_disk(tmp_path, monkeypatch):
+    """A paper-size Hist2ST's checkpoint with Adam's state is 10 GiB, and Lightning's default IO
+    builds it in an in-memory buffer and then copies that buffer: the rehearsal's CPU run was
+    killed for memory at its first checkpoint. The trainer keeps weights only and torch.save
+    writes straight to a file."""
+    import io
+
+    monkeypatch.delenv(MAX_STEPS_ENV, raising=False)
+    targets = []
+    real_save = torch.save
+
+    def recording_save(obj, f, *a, **kw):
+        targets.append(f)
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", recording_save)
+    module = _Adam.make()
+    run = make_trainer(4, device="cpu", val_every=2, out_dir=tmp_path, progress=False)
+    run.fit(module, _loader(), _loader(1))
+    assert targets and not any(isinstance(f, io.BytesIO) for f in targets), targets
+    state = torch.load(run.checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in state and set(state["state_dict"]) == {"w"}
+    assert state["global_step"] == 4
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    before = module.w.detach().clone()
+    with torch.no_grad():
+        module.w.zero_()
+    assert run.load_best(module) == 4
+    torch.testing.assert_close(module.w.detach(), before)
+
+
+def test_an_interrupted_checkpoint_save_leaves_the_previous_one(tmp_path, monkeypatch):
+    from spared_lib.engine import _checkpoint_io
+
+    io_ = _checkpoint_io()
+    path = tmp_path / "m-best-step=2.ckpt"
+    io_.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def dying_save(obj, f, *a, **kw):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io_.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    torch.testing.assert_close(torch.load(path, weights_only=False)["state_dict"]["w"], torch.ones(3))
