@@ -29,9 +29,9 @@ chapter 6 and of the CLI. The report is also written to ``<work>/rehearsal.json`
 
 Needs the fixtures folder (``shared/data``) to build the mirror, about 3 GB of disk for the work
 folder, and time: on 2 CPU cores chapters 0-3 take about 3 minutes, but one paper-size step of
-ViT-B at batch 256 takes minutes on a CPU, so chapters 4 and 6 took about 43 minutes each, chapter
-5 16 minutes, and the CLI 97 minutes at one learning rate (``--cli-args '--lrs 1e-5'``), so
-about 4-5 hours at the default five (the README gives what was measured). CPU
+ViT-B at batch 256 takes minutes on a CPU, so chapter 4 took 36 minutes, chapter 5 20, chapter 6
+43, and the CLI 97 minutes at one learning rate (``--cli-args '--lrs 1e-5'``), so about 4-5 hours
+at the default five: 6-7 hours in all (the README gives what was measured, part by part). CPU
 peaks are the kernel's process, whose heap also holds what glibc kept from earlier runs
 (``benchmarks/heap_growth.py``). A GPU machine should be far faster
 (not measured yet: none was lent); on a CPU, ``--chapters`` picks what to rehearse.
@@ -249,7 +249,8 @@ def print_report(chapters: list[dict], models: list[dict]) -> None:
             src = Path(r["source"]).parts
             where = "CLI" if "cli" in src else src[-4] if len(src) > 3 else r["source"]
             peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] == r["peak_gb"] else "  -"
-            print(f"  {where:<16} {r['model']:<12} {r['runs']:3d} runs ({r['failed']} failed) "
+            print(f"  {where:<16} {r['model']:<12} {r['runs']:3d} runs ({r['failed']} failed, "
+                  f"{r.get('did_not_fit', 0)} did not fit) "
                   f"{r['wall_s'] / 60:6.1f} min  peak {peak} GiB  {r['batching'] or ''}"
                   + (f"  error: {r['error'][:160]}" if r["failed"] or r.get("did_not_fit") else ""))
 

@@ -124,8 +124,10 @@ def failed_row(cell: Cell, err: BaseException | str, wall_time_s: float) -> dict
 
 
 def slim_checkpoint(path) -> None:
-    """Keep only the weights of a Lightning checkpoint (its optimiser state is twice the model's
-    size for Adam and is never read again: a ViT-B checkpoint shrinks from ~1 GB to ~350 MB).
+    """Keep only the weights of a Lightning checkpoint, its step and epoch. The trainer already
+    saves weights only (:func:`spared_lib.engine.make_trainer`); this drops what Lightning adds
+    beside them, and the optimiser state of a checkpoint written with it (twice the model's size
+    for Adam: a ViT-B checkpoint shrinks from ~1 GB to ~350 MB).
 
     The file is replaced atomically, so an interruption leaves either checkpoint, never half."""
     import torch
