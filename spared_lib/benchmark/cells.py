@@ -118,7 +118,8 @@ def failed_row(cell: Cell, err: BaseException | str, wall_time_s: float) -> dict
     if not isinstance(err, str):
         from spared_lib.training.memory import DoesNotFit  # torch is loaded once a fit has raised
 
-        status = DOES_NOT_FIT if isinstance(err, DoesNotFit) else "failed"
+        if isinstance(err, DoesNotFit):
+            status = DOES_NOT_FIT
     return {**cell.as_dict(), "target_layer": cell.target_layer, "status": status,
             "error": text[:500], "wall_time_s": wall_time_s, "finished_at": now()}
 

@@ -215,12 +215,8 @@ class _Session:
         """``(tag, checkpoint path)`` of a finished run that can serve as ``cell``'s first stage: the
         :data:`~spared_lib.benchmark.grid.STAGE1_OF` model with the same dataset, target, learning
         rate, seed and steps, at any stage, whose checkpoint is still on disk."""
-        want = cell.stage1()
-        t = self.store.table()
-        rows = t[(t["status"] == "ok") & t["checkpoint"].notna()]
-        for col, value in zip(("dataset", "model", "target", "lr", "seed", "steps"),
-                              (want.dataset, want.model, want.target, want.lr, want.seed, want.steps)):
-            rows = rows[rows[col] == value]
+        rows = _stage1_rows(self.store.table(), cell)
+        rows = rows[(rows["status"] == "ok") & rows["checkpoint"].notna()]
         for _, row in rows.iterrows():  # a handful of rows at most (one per stage)
             path = Path(row["checkpoint"])
             path = path if path.is_absolute() else self.out / path
@@ -236,6 +232,16 @@ def stage1_overrides(checkpoint: str) -> dict:
     return {"model_kwargs": {"stage1": checkpoint}}
 
 
+def _stage1_rows(table: pd.DataFrame, cell: Cell) -> pd.DataFrame:
+    """Rows of ``table`` that are runs of ``cell``'s first stage: the same dataset, target, learning
+    rate, seed and steps, at any stage."""
+    want = cell.stage1()
+    keep = np.ones(len(table), bool)
+    for col in ("dataset", "model", "target", "lr", "seed", "steps"):
+        keep &= (table[col] == getattr(want, col)).to_numpy()
+    return table[keep]
+
+
 def _stage1_failed_row(cell: Cell, table: pd.DataFrame) -> dict:
     """The row of a refining cell without a first stage: ``does_not_fit`` when its stage-1 run did
     not fit the device (then neither does the refinement, which holds that model inside), else
@@ -243,10 +249,7 @@ def _stage1_failed_row(cell: Cell, table: pd.DataFrame) -> dict:
     from .cells import DOES_NOT_FIT, failed_row
 
     want = cell.stage1()
-    rows = table
-    for col, value in zip(("dataset", "model", "target", "lr", "seed", "steps"),
-                          (want.dataset, want.model, want.target, want.lr, want.seed, want.steps)):
-        rows = rows[rows[col] == value]
+    rows = _stage1_rows(table, cell)
     if len(rows) and rows["status"].iloc[-1] == DOES_NOT_FIT:
         row = failed_row(cell, f"its stage 1 ({want.tag()}) does not fit this device: {rows['error'].iloc[-1]}",
                          float("nan"))
